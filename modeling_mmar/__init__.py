@@ -1,0 +1,30 @@
+"""MMAR for Hugging Face: importing this package registers the Auto classes."""
+
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText
+
+from .configuration_mmar import MMARConfig
+from .diffusion_head_mmar import MMARDiffusionHead
+from .modeling_mmar import (
+    MMARCausalLMOutputWithPast,
+    MMARForConditionalGeneration,
+    MMARModel,
+    MMARModelOutputWithPast,
+    MMARPreTrainedModel,
+)
+from .scheduling_mmar import MMARScheduler
+
+AutoConfig.register("mmar", MMARConfig, exist_ok=True)
+AutoModel.register(MMARConfig, MMARModel, exist_ok=True)
+AutoModelForImageTextToText.register(MMARConfig, MMARForConditionalGeneration, exist_ok=True)
+AutoModelForCausalLM.register(MMARConfig, MMARForConditionalGeneration, exist_ok=True)
+
+__all__ = [
+    "MMARConfig",
+    "MMARDiffusionHead",
+    "MMARModel",
+    "MMARPreTrainedModel",
+    "MMARForConditionalGeneration",
+    "MMARModelOutputWithPast",
+    "MMARCausalLMOutputWithPast",
+    "MMARScheduler",
+]

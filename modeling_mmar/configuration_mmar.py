@@ -1,0 +1,169 @@
+"""MMAR configuration: a causal-LM `text_config`, an optional KL-VAE and the image-token geometry."""
+
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+# The embedded default: a tiny Qwen2 that trains on 8x8 handwritten digits on a laptop CPU.
+DEFAULT_TEXT_CONFIG = {
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 128,
+    "max_position_embeddings": 512,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "tie_word_embeddings": False,
+}
+
+NOISE_SCHEDULES = ("squaredcos_cap_v2", "linear", "scaled_linear")
+PREDICTION_TYPES = ("v_prediction", "epsilon", "sample")
+
+
+@strict
+class MMARConfig(PreTrainedConfig):
+    r"""
+    Configuration of an MMAR model: one decoder-only LLM that reads continuous image tokens and
+    generates them with a per-token MLP diffusion head.
+
+    Args:
+        text_config (`dict` or `PreTrainedConfig`, *optional*):
+            Config of any causal LM (resolved through `AutoConfig`; default: a tiny Qwen2).
+        vae_config (`dict`, *optional*):
+            Keyword arguments of diffusers' `AutoencoderKL`. `None` tokenizes raw pixel patches.
+        image_size (`int`): Side of the (square) images in pixels.
+        num_channels (`int`): Image channels (3 = RGB, 1 = grayscale).
+        patch_size (`int`): Side of a token's patch, in latent pixels (pixels when `vae_config` is None).
+        vae_scaling_factor (`float`): Latents (or pixels) are multiplied by it before patchifying.
+        vae_shift_factor (`float`): Subtracted from latents before scaling.
+        embedder_depth (`int`): Bidirectional transformer blocks in the image embedder (0 = linear).
+        embedder_num_heads (`int`): Attention heads of those blocks.
+        head_width (`int`), head_depth (`int`): Width and residual blocks of the diffusion head.
+        diffusion_batch_mul (`int`): Fresh (timestep, noise) draws per masked token per forward.
+        num_train_timesteps (`int`), noise_schedule (`str`), prediction_type (`str`): Diffusion process.
+        image_loss_weight (`float`): `loss = text_loss + image_loss_weight * image_loss`.
+        boi_token_id, image_token_id, eoi_token_id (`int`): Ids of `<boi>`, `<img>` and `<eoi>`.
+    """
+
+    model_type = "mmar"
+    sub_configs_defaults = {
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2", init_kwargs=DEFAULT_TEXT_CONFIG)
+    }
+
+    text_config: dict | PreTrainedConfig | None = None
+    vae_config: dict | None = None
+    image_size: int = 8
+    num_channels: int = 1
+    patch_size: int = 2
+    vae_scaling_factor: float = 1.0
+    vae_shift_factor: float = 0.0
+    embedder_depth: int = 0
+    embedder_num_heads: int = 4
+    head_width: int = 256
+    head_depth: int = 3
+    diffusion_batch_mul: int = 4
+    num_train_timesteps: int = 1000
+    noise_schedule: str = "squaredcos_cap_v2"
+    prediction_type: str = "v_prediction"
+    image_loss_weight: float = 1.0
+    boi_token_id: int = 4
+    image_token_id: int = 5
+    eoi_token_id: int = 6
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)  # text_config becomes a PreTrainedConfig here
+        # Checked here too (not only by @strict's validators) so that users get a plain ValueError.
+        self.validate_mmar()
+
+    def validate_mmar(self):
+        """Raise `ValueError` naming the field for impossible geometry or unknown values."""
+        self._check_image_geometry()
+        self._check_diffusion()
+        self._check_image_token_ids()
+
+    # --- derived geometry (one source of truth, also used by the processor builders) ---
+    @property
+    def vae_downsample_factor(self) -> int:
+        if self.vae_config is None:
+            return 1
+        return 2 ** (len(self.vae_config.get("block_out_channels", (64,))) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        if self.vae_config is None:
+            return self.num_channels
+        return int(self.vae_config.get("latent_channels", 4))
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // self.vae_downsample_factor
+
+    @property
+    def tokens_per_side(self) -> int:
+        return self.latent_size // self.patch_size
+
+    @property
+    def tokens_per_image(self) -> int:
+        return self.tokens_per_side**2
+
+    @property
+    def token_dim(self) -> int:
+        return self.latent_channels * self.patch_size**2
+
+    # --- validation (validate_mmar also runs under @strict on save_pretrained) ---
+    def _check_image_geometry(self):
+        for name in ("image_size", "num_channels", "patch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"MMARConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_channels not in (1, 3):
+            raise ValueError(f"MMARConfig.num_channels must be 1 (grayscale) or 3 (RGB), got {self.num_channels}")
+        if self.vae_config is not None:
+            vae_in = self.vae_config.get("in_channels", 3)
+            if vae_in != self.num_channels:
+                raise ValueError(
+                    f"MMARConfig.num_channels ({self.num_channels}) must equal vae_config['in_channels'] ({vae_in})"
+                )
+        if self.image_size % self.vae_downsample_factor:
+            raise ValueError(
+                f"MMARConfig.image_size ({self.image_size}) must be divisible by the VAE's down-sampling factor "
+                f"({self.vae_downsample_factor})"
+            )
+        if self.latent_size % self.patch_size:
+            raise ValueError(
+                f"MMARConfig.patch_size ({self.patch_size}) must divide the latent size ({self.latent_size} = "
+                f"image_size {self.image_size} / VAE factor {self.vae_downsample_factor})"
+            )
+
+    def _check_diffusion(self):
+        if self.noise_schedule not in NOISE_SCHEDULES:
+            raise ValueError(f"MMARConfig.noise_schedule must be one of {NOISE_SCHEDULES}, got {self.noise_schedule!r}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(
+                f"MMARConfig.prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}"
+            )
+        for name in ("head_width", "head_depth", "diffusion_batch_mul", "num_train_timesteps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"MMARConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.embedder_depth < 0:
+            raise ValueError(f"MMARConfig.embedder_depth must be >= 0, got {self.embedder_depth}")
+        if self.image_loss_weight < 0:
+            raise ValueError(f"MMARConfig.image_loss_weight must be >= 0, got {self.image_loss_weight}")
+
+    def _check_image_token_ids(self):
+        ids = {"boi_token_id": self.boi_token_id, "image_token_id": self.image_token_id,
+               "eoi_token_id": self.eoi_token_id}
+        if len(set(ids.values())) != 3:
+            raise ValueError(f"MMARConfig image special-token ids must be distinct, got {ids}")
+        vocab_size = getattr(self.text_config, "vocab_size", None)
+        for name, value in ids.items():
+            if vocab_size is not None and not 0 <= value < vocab_size:
+                raise ValueError(f"MMARConfig.{name}={value} is outside the text vocabulary (size {vocab_size})")
+
+
+__all__ = ["MMARConfig"]

@@ -1,0 +1,366 @@
+"""MMAR: one decoder-only LLM over text and continuous image tokens, with a per-token MLP diffusion head."""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.masking_utils import create_masks_for_generate as _create_masks
+from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.utils import ModelOutput, can_return_tuple
+
+from .configuration_mmar import MMARConfig
+from .diffusion_head_mmar import MMARDiffusionHead
+from .embedder_mmar import MMARImageEmbedder
+from .image_tokens_mmar import (
+    check_image_mask,
+    check_image_spans,
+    check_image_tokens,
+    check_pixel_values,
+    image_block_ids,
+    patchify,
+    unpatchify,
+)
+from .scheduling_mmar import MMARScheduler
+
+try:  # the VAE is optional (pixel-patch tokens need none); keeps remote code importable without diffusers
+    from diffusers import AutoencoderKL
+except ImportError:  # pragma: no cover
+    AutoencoderKL = None
+
+
+@dataclass
+class MMARModelOutputWithPast(BaseModelOutputWithPast):
+    """`BaseModelOutputWithPast` plus the clean continuous image tokens [num_images, tokens_per_image, token_dim]."""
+
+    image_tokens: torch.FloatTensor | None = None
+
+
+@dataclass
+class MMARCausalLMOutputWithPast(ModelOutput):
+    """
+    loss: `text_loss + image_loss_weight * image_loss` (whichever are present).
+    text_loss: next-token cross-entropy on `labels`.
+    image_loss: diffusion MSE over the masked image tokens.
+    """
+
+    loss: torch.FloatTensor | None = None
+    text_loss: torch.FloatTensor | None = None
+    image_loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    cache: object | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_tokens: torch.FloatTensor | None = None
+
+
+class MMARPreTrainedModel(PreTrainedModel):
+    config: MMARConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MMARDiffusionHead", "MMARImageEmbedder"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    # FlashAttention only honours a 2D padding mask: the bidirectional image spans would be silently lost.
+    _supports_flash_attn = False
+    _can_compile_fullgraph = False
+    _keep_in_fp32_modules_strict = ["vae"]
+    # The diffusion MSE is a per-batch mean: let Trainer divide by gradient-accumulation steps itself.
+    accepts_loss_kwargs = False
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, MMARImageEmbedder):
+            init.normal_(module.position_embedding, std=0.02)
+            init.normal_(module.mask_embedding, std=0.02)
+        if getattr(module, "_zero_init", False):  # flag set on leaf Linears of the diffusion head
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+
+
+class MMARModel(MMARPreTrainedModel):
+    """The backbone LLM, the frozen continuous image tokenizer (VAE or pixel patches) and the image embedder."""
+
+    def __init__(self, config: MMARConfig):
+        super().__init__(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        if config.vae_config is not None:
+            if AutoencoderKL is None:
+                raise ImportError("vae_config is set but diffusers is not installed: pip install diffusers")
+            self.vae = AutoencoderKL(**config.vae_config)
+            self.vae.requires_grad_(False)
+            self.vae.eval()
+        else:
+            self.vae = None
+        self.image_embedder = MMARImageEmbedder(
+            token_dim=config.token_dim,
+            hidden_size=config.text_config.hidden_size,
+            tokens_per_image=config.tokens_per_image,
+            depth=config.embedder_depth,
+            num_heads=config.embedder_num_heads,
+        )
+        self.post_init()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.vae is not None:  # the tokenizer is frozen: never dropout / batch-stat updates
+            self.vae.eval()
+        return self
+
+    # ---------------- continuous image tokenizer ----------------
+    @torch.no_grad()
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pixels in [-1, 1], [N, C, H, W] -> clean continuous tokens [N, tokens_per_image, token_dim] (no grad)."""
+        check_pixel_values(pixel_values, self.config.num_channels, self.config.image_size)
+        cfg = self.config
+        if self.vae is not None:
+            vae_dtype = next(self.vae.parameters()).dtype
+            latents = self.vae.encode(pixel_values.to(vae_dtype)).latent_dist.mode()
+        else:
+            latents = pixel_values
+        latents = (latents.float() - cfg.vae_shift_factor) * cfg.vae_scaling_factor
+        return patchify(latents, cfg.patch_size)
+
+    @torch.no_grad()
+    def decode_image_tokens(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        """Exact inverse of `encode_images` (up to the VAE's reconstruction): tokens -> pixels in about [-1, 1]."""
+        cfg = self.config
+        latents = unpatchify(image_tokens.float(), cfg.patch_size, cfg.latent_channels, cfg.tokens_per_side)
+        latents = latents / cfg.vae_scaling_factor + cfg.vae_shift_factor
+        if self.vae is None:
+            return latents
+        vae_dtype = next(self.vae.parameters()).dtype
+        return self.vae.decode(latents.to(vae_dtype)).sample.float()
+
+    def get_image_features(self, pixel_values: torch.Tensor, image_mask: torch.Tensor | None = None):
+        """Embeddings of the images' token spans at the LLM width: [N, tokens_per_image, hidden]."""
+        return self.image_embedder(self.encode_images(pixel_values), image_mask)
+
+    # ---------------- forward ----------------
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_tokens: torch.FloatTensor | None = None,
+        image_mask: torch.BoolTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> MMARModelOutputWithPast:
+        r"""
+        pixel_values: images in [-1, 1], one per image span (`<img>` x tokens_per_image) of `input_ids`, in order.
+        image_tokens: the same images given as clean continuous tokens instead of pixels (used by the sampler).
+        image_mask: bool [num_images, tokens_per_image]; True replaces the token by the mask embedding.
+        """
+        cfg = self.config
+        if cache is None and "past_key_values" in kwargs:  # pre-5.24 name
+            cache = kwargs.pop("past_key_values")
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds")
+        if pixel_values is not None and image_tokens is not None:
+            raise ValueError("Pass images either as pixel_values or as image_tokens, not both")
+        has_images = pixel_values is not None or image_tokens is not None
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        elif has_images:
+            raise ValueError("Images need input_ids (to find their <img> spans); inputs_embeds was given instead")
+
+        block_ids = None
+        if input_ids is not None:
+            num_spans = check_image_spans(input_ids, cfg.image_token_id, cfg.tokens_per_image)
+            if num_spans and not has_images:
+                raise ValueError(
+                    f"input_ids holds {num_spans} image span(s) but no pixel_values (or image_tokens) were given"
+                )
+            if has_images:
+                if pixel_values is not None:
+                    check_pixel_values(pixel_values, cfg.num_channels, cfg.image_size)
+                    image_tokens = self.encode_images(pixel_values)
+                else:
+                    check_image_tokens(image_tokens, cfg.tokens_per_image, cfg.token_dim)
+                if image_tokens.shape[0] != num_spans:
+                    raise ValueError(
+                        f"Got {image_tokens.shape[0]} image(s) but input_ids holds {num_spans} image span(s); "
+                        "pass exactly one image per <image> placeholder"
+                    )
+                if image_mask is not None:
+                    check_image_mask(image_mask, num_spans, cfg.tokens_per_image)
+                image_embeds = self.image_embedder(image_tokens, image_mask).to(inputs_embeds.dtype)
+                positions = (input_ids == cfg.image_token_id).unsqueeze(-1).expand_as(inputs_embeds)
+                inputs_embeds = inputs_embeds.masked_scatter(positions, image_embeds.reshape(-1))
+            elif image_mask is not None:
+                raise ValueError("image_mask was given without images")
+            if num_spans:
+                block_ids = image_block_ids(input_ids, cfg.image_token_id)
+                past_length = cache.get_seq_length() if cache is not None else 0
+                if past_length:
+                    block_ids = nn.functional.pad(block_ids, (past_length, 0), value=-1)
+
+        if block_ids is not None and not isinstance(attention_mask, dict):
+            # Causal text + bidirectional image spans, built for the attention implementation the layers use.
+            attention_mask = _create_masks(
+                config=cfg.get_text_config(),
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                cache=cache,
+                position_ids=position_ids,
+                block_sequence_ids=block_ids,
+            )
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        return MMARModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_tokens=image_tokens,
+        )
+
+
+class MMARForConditionalGeneration(MMARPreTrainedModel, GenerationMixin):
+    """MMAR with the LM head (text) and the diffusion head (images). One forward gives both losses."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: MMARConfig):
+        super().__init__(config)
+        self.model = MMARModel(config)
+        hidden = config.text_config.hidden_size
+        self.lm_head = nn.Linear(hidden, config.text_config.vocab_size, bias=False)
+        self.diffusion_head = MMARDiffusionHead(
+            token_dim=config.token_dim, condition_dim=hidden, width=config.head_width, depth=config.head_depth
+        )
+        self._noise_scheduler = None
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    @property
+    def noise_scheduler(self) -> MMARScheduler:
+        """The training-time diffusion process (built lazily: model init may run on the meta device)."""
+        if self._noise_scheduler is None:
+            self._noise_scheduler = MMARScheduler(
+                num_train_timesteps=self.config.num_train_timesteps,
+                beta_schedule=self.config.noise_schedule,
+                prediction_type=self.config.prediction_type,
+            )
+        return self._noise_scheduler
+
+    def diffusion_loss(self, conditions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """
+        MSE of the head's prediction over tokens `targets` [M, D] given LLM states `conditions` [M, H]. Each token
+        is drawn `diffusion_batch_mul` times with a fresh uniform timestep and noise while the LLM ran once.
+        """
+        mul = self.config.diffusion_batch_mul
+        conditions = conditions.repeat(mul, 1)
+        clean = targets.float().repeat(mul, 1)
+        scheduler = self.noise_scheduler
+        timesteps = torch.randint(0, self.config.num_train_timesteps, (clean.shape[0],), device=clean.device)
+        noise = torch.randn_like(clean)
+        noisy = scheduler.add_noise(clean, noise, timesteps)
+        if self.config.prediction_type == "v_prediction":
+            target = scheduler.get_velocity(clean, noise, timesteps)
+        elif self.config.prediction_type == "epsilon":
+            target = noise
+        else:
+            target = clean
+        head_dtype = self.diffusion_head.input_proj.weight.dtype
+        prediction = self.diffusion_head(noisy.to(head_dtype), timesteps, conditions.to(head_dtype))
+        return nn.functional.mse_loss(prediction.float(), target.float())
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_tokens: torch.FloatTensor | None = None,
+        image_mask: torch.BoolTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> MMARCausalLMOutputWithPast:
+        r"""
+        pixel_values: images in [-1, 1], one per image span of `input_ids` (in order of appearance).
+        image_mask: bool [num_images, tokens_per_image]. True = hidden from the LLM (mask embedding) and a
+            diffusion target. None = every image fully visible (understanding).
+        labels: text labels, -100 where no text loss (image tokens, prompt, padding). Shifted internally.
+        """
+        if cache is None and "past_key_values" in kwargs:  # pre-5.24 name
+            cache = kwargs.pop("past_key_values")
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            pixel_values=pixel_values,
+            image_tokens=image_tokens,
+            image_mask=image_mask,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, slice_indices, :])
+
+        text_loss = None
+        if labels is not None and (labels[:, 1:] != -100).any():
+            text_loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size)
+
+        image_loss = None
+        if image_mask is not None and outputs.image_tokens is not None and image_mask.any():
+            # MAR-style: a token's condition is the hidden state at its own position (no shift).
+            image_positions = input_ids == self.config.image_token_id
+            image_hidden = hidden_states[image_positions]  # [num_images * tokens_per_image, H], image order
+            flat_mask = image_mask.reshape(-1)
+            targets = outputs.image_tokens.reshape(-1, outputs.image_tokens.shape[-1])
+            image_loss = self.diffusion_loss(image_hidden[flat_mask], targets[flat_mask])
+
+        loss = None
+        if text_loss is not None:
+            loss = text_loss
+        if image_loss is not None:
+            weighted = self.config.image_loss_weight * image_loss
+            loss = weighted if loss is None else loss + weighted
+
+        return MMARCausalLMOutputWithPast(
+            loss=loss,
+            text_loss=text_loss,
+            image_loss=image_loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_tokens=outputs.image_tokens,
+        )
+
+
+__all__ = [
+    "MMARPreTrainedModel",
+    "MMARModel",
+    "MMARForConditionalGeneration",
+    "MMARModelOutputWithPast",
+    "MMARCausalLMOutputWithPast",
+]

@@ -1,0 +1,134 @@
+"""MMARScheduler: the DDPM process of MMAR's diffusion head as a diffusers scheduler.
+
+It is diffusers' `DDPMScheduler` with MMAR's defaults (cosine schedule, v-prediction, no clipping, respaced
+"trailing" timesteps that start at t = T - 1) plus a `temperature` that scales the noise injected at every
+reverse step (MAR's sampling temperature). Its config is a DDPM config, so `DDPMScheduler.from_config` and
+`DDIMScheduler.from_config` build equivalent schedulers from it.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers.configuration_utils import register_to_config
+from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+
+class MMARScheduler(DDPMScheduler):
+    _compatibles = [DDPMScheduler.__name__, DDIMScheduler.__name__]
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "squaredcos_cap_v2",
+        trained_betas=None,
+        variance_type: str = "fixed_small",
+        clip_sample: bool = False,
+        prediction_type: str = "v_prediction",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        clip_sample_range: float = 1.0,
+        sample_max_value: float = 1.0,
+        timestep_spacing: str = "trailing",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+        default_num_inference_steps: int = 100,
+    ):
+        if prediction_type not in ("v_prediction", "epsilon", "sample"):
+            raise ValueError(f"prediction_type must be 'v_prediction', 'epsilon' or 'sample', got {prediction_type!r}")
+        super().__init__(
+            num_train_timesteps=num_train_timesteps,
+            beta_start=beta_start,
+            beta_end=beta_end,
+            beta_schedule=beta_schedule,
+            trained_betas=trained_betas,
+            variance_type=variance_type,
+            clip_sample=clip_sample,
+            prediction_type=prediction_type,
+            thresholding=thresholding,
+            dynamic_thresholding_ratio=dynamic_thresholding_ratio,
+            clip_sample_range=clip_sample_range,
+            sample_max_value=sample_max_value,
+            timestep_spacing=timestep_spacing,
+            steps_offset=steps_offset,
+            rescale_betas_zero_snr=rescale_betas_zero_snr,
+        )
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device=None, timesteps=None):
+        """Respace the `num_train_timesteps` process to `num_inference_steps` (default 100) reverse steps."""
+        if timesteps is None and num_inference_steps is None:
+            num_inference_steps = self.config.default_num_inference_steps
+        if num_inference_steps is not None and not 1 <= num_inference_steps <= self.config.num_train_timesteps:
+            raise ValueError(
+                f"num_inference_steps must be in [1, {self.config.num_train_timesteps}], got {num_inference_steps}"
+            )
+        return super().set_timesteps(num_inference_steps=num_inference_steps, device=device, timesteps=timesteps)
+
+    def predict_original_sample(self, model_output: torch.Tensor, timestep, sample: torch.Tensor) -> torch.Tensor:
+        """x0 from the model output: for v-prediction x0 = alpha_t * x_t - sigma_t * v."""
+        alpha_prod_t = self._alpha_prod(timestep, sample)
+        alpha_t, sigma_t = alpha_prod_t.sqrt(), (1 - alpha_prod_t).sqrt()
+        if self.config.prediction_type == "v_prediction":
+            return alpha_t * sample - sigma_t * model_output
+        if self.config.prediction_type == "epsilon":
+            return (sample - sigma_t * model_output) / alpha_t
+        return model_output
+
+    def _alpha_prod(self, timestep, sample: torch.Tensor) -> torch.Tensor:
+        timestep = torch.as_tensor(timestep, device=sample.device).long()
+        alpha_prod = self.alphas_cumprod.to(device=sample.device, dtype=torch.float32)[timestep]
+        while alpha_prod.ndim < sample.ndim:  # one timestep per token: broadcast over the token's features
+            alpha_prod = alpha_prod.unsqueeze(-1)
+        return alpha_prod.to(sample.dtype)
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int,
+        sample: torch.Tensor,
+        temperature: float = 1.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        variance_noise: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> DDPMSchedulerOutput | tuple:
+        """
+        One respaced reverse step x_t -> x_{t_prev}. `temperature` multiplies the injected noise (0 makes the
+        step deterministic). `variance_noise` lets a caller supply its own standard-normal noise (e.g. drawn
+        per image from per-image generators); otherwise it is drawn from `generator`.
+        """
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        t = int(timestep)
+        prev_t = int(self.previous_timestep(t))
+        alpha_prod_t = self.alphas_cumprod[t].item()
+        alpha_prod_prev = self.alphas_cumprod[prev_t].item() if prev_t >= 0 else 1.0
+        beta_prod_t, beta_prod_prev = 1 - alpha_prod_t, 1 - alpha_prod_prev
+        current_alpha = alpha_prod_t / alpha_prod_prev
+        current_beta = 1 - current_alpha
+
+        pred_original = self.predict_original_sample(model_output, t, sample)
+        if self.config.clip_sample:
+            pred_original = pred_original.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
+
+        # Posterior mean of q(x_prev | x_t, x0) on the respaced chain.
+        coeff_original = alpha_prod_prev**0.5 * current_beta / beta_prod_t
+        coeff_sample = current_alpha**0.5 * beta_prod_prev / beta_prod_t
+        prev_sample = coeff_original * pred_original + coeff_sample * sample
+
+        if t > 0 and temperature > 0:
+            if variance_noise is None:
+                variance_noise = randn_tensor(
+                    model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
+                )
+            std = self._get_variance(t) ** 0.5  # fixed_small: posterior variance (clamped at 1e-20)
+            prev_sample = prev_sample + temperature * std.to(sample.dtype) * variance_noise
+        if not return_dict:
+            return prev_sample, pred_original
+        return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original)
+
+
+__all__ = ["MMARScheduler"]
