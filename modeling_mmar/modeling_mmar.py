@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.masking_utils import create_masks_for_generate as _create_masks
 from transformers.modeling_outputs import BaseModelOutputWithPast
@@ -13,6 +13,7 @@ from transformers.utils import ModelOutput, can_return_tuple
 from .configuration_mmar import MMARConfig
 from .diffusion_head_mmar import MMARDiffusionHead
 from .embedder_mmar import MMARImageEmbedder
+from .generation_mmar import MMARGenerationMixin
 from .image_tokens_mmar import (
     check_image_mask,
     check_image_spans,
@@ -230,7 +231,7 @@ class MMARModel(MMARPreTrainedModel):
         )
 
 
-class MMARForConditionalGeneration(MMARPreTrainedModel, GenerationMixin):
+class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
     """MMAR with the LM head (text) and the diffusion head (images). One forward gives both losses."""
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
