@@ -11,12 +11,17 @@ from .modeling_mmar import (
     MMARModelOutputWithPast,
     MMARPreTrainedModel,
 )
+from .pipeline_mmar import MMARPipeline
 from .scheduling_mmar import MMARScheduler
 
 AutoConfig.register("mmar", MMARConfig, exist_ok=True)
 AutoModel.register(MMARConfig, MMARModel, exist_ok=True)
 AutoModelForImageTextToText.register(MMARConfig, MMARForConditionalGeneration, exist_ok=True)
 AutoModelForCausalLM.register(MMARConfig, MMARForConditionalGeneration, exist_ok=True)
+# Remote code: save_pretrained copies this flat folder's files and writes auto_map (AutoConfig + the saved class's
+# auto class); builder_mmar.complete_auto_map adds the AutoModel / AutoModelForCausalLM entries by hand.
+MMARConfig.register_for_auto_class()
+MMARForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
 
 __all__ = [
     "MMARConfig",
@@ -27,4 +32,5 @@ __all__ = [
     "MMARModelOutputWithPast",
     "MMARCausalLMOutputWithPast",
     "MMARScheduler",
+    "MMARPipeline",
 ]

@@ -1,10 +1,18 @@
 """MMAR configuration: a causal-LM `text_config`, an optional KL-VAE and the image-token geometry."""
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: @strict skips the type check of string annotations, so field
+# types must stay real types for `MMARConfig(image_size="8")` to be rejected.
+import inspect
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+try:  # only to check vae_config's keys; the config itself never needs diffusers
+    from diffusers import AutoencoderKL
+except ImportError:  # pragma: no cover
+    AutoencoderKL = None
 
 # The embedded default: a tiny Qwen2 that trains on 8x8 handwritten digits on a laptop CPU.
 DEFAULT_TEXT_CONFIG = {
@@ -60,8 +68,8 @@ class MMARConfig(PreTrainedConfig):
     image_size: int = 8
     num_channels: int = 1
     patch_size: int = 2
-    vae_scaling_factor: float = 1.0
-    vae_shift_factor: float = 0.0
+    vae_scaling_factor: float | int = 1.0
+    vae_shift_factor: float | int = 0.0
     embedder_depth: int = 0
     embedder_num_heads: int = 4
     head_width: int = 256
@@ -70,7 +78,7 @@ class MMARConfig(PreTrainedConfig):
     num_train_timesteps: int = 1000
     noise_schedule: str = "squaredcos_cap_v2"
     prediction_type: str = "v_prediction"
-    image_loss_weight: float = 1.0
+    image_loss_weight: float | int = 1.0
     boi_token_id: int = 4
     image_token_id: int = 5
     eoi_token_id: int = 6
@@ -78,11 +86,15 @@ class MMARConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)  # text_config becomes a PreTrainedConfig here
+        for name in ("vae_scaling_factor", "vae_shift_factor", "image_loss_weight"):  # 1 -> 1.0 in config.json
+            setattr(self, name, float(getattr(self, name)))
         # Checked here too (not only by @strict's validators) so that users get a plain ValueError.
         self.validate_mmar()
 
     def validate_mmar(self):
         """Raise `ValueError` naming the field for impossible geometry or unknown values."""
+        self._check_text_config()
+        self._check_vae_config()
         self._check_image_geometry()
         self._check_diffusion()
         self._check_image_token_ids()
@@ -117,18 +129,46 @@ class MMARConfig(PreTrainedConfig):
         return self.latent_channels * self.patch_size**2
 
     # --- validation (validate_mmar also runs under @strict on save_pretrained) ---
+    def _check_text_config(self):
+        text_config = self.text_config
+        if type(text_config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+            raise ValueError(
+                f"MMARConfig.text_config must be the config of a causal LM (AutoModelForCausalLM), got model_type "
+                f"{getattr(text_config, 'model_type', None)!r}"
+            )
+        for name in ("hidden_size", "vocab_size"):
+            if not isinstance(getattr(text_config, name, None), int):
+                raise ValueError(f"MMARConfig.text_config needs an integer {name}, got {getattr(text_config, name, None)!r}")
+
+    def _check_vae_config(self):
+        vae = self.vae_config
+        if vae is None:
+            return
+        if AutoencoderKL is not None:
+            known = set(inspect.signature(AutoencoderKL.__init__).parameters) - {"self"}
+            unknown = sorted(set(vae) - known)
+            if unknown:
+                raise ValueError(f"MMARConfig.vae_config has keys that AutoencoderKL does not take: {unknown}")
+        levels = len(vae.get("block_out_channels", (64,)))
+        for name in ("down_block_types", "up_block_types"):
+            if name in vae and len(vae[name]) != levels:
+                raise ValueError(
+                    f"MMARConfig.vae_config['{name}'] has {len(vae[name])} blocks but block_out_channels has {levels}"
+                )
+        for name in ("in_channels", "out_channels"):
+            if vae.get(name, 3) != self.num_channels:
+                raise ValueError(
+                    f"MMARConfig.num_channels ({self.num_channels}) must equal vae_config['{name}'] ({vae.get(name, 3)})"
+                )
+        if int(vae.get("latent_channels", 4)) < 1:
+            raise ValueError(f"MMARConfig.vae_config['latent_channels'] must be >= 1, got {vae.get('latent_channels')}")
+
     def _check_image_geometry(self):
         for name in ("image_size", "num_channels", "patch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"MMARConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_channels not in (1, 3):
             raise ValueError(f"MMARConfig.num_channels must be 1 (grayscale) or 3 (RGB), got {self.num_channels}")
-        if self.vae_config is not None:
-            vae_in = self.vae_config.get("in_channels", 3)
-            if vae_in != self.num_channels:
-                raise ValueError(
-                    f"MMARConfig.num_channels ({self.num_channels}) must equal vae_config['in_channels'] ({vae_in})"
-                )
         if self.image_size % self.vae_downsample_factor:
             raise ValueError(
                 f"MMARConfig.image_size ({self.image_size}) must be divisible by the VAE's down-sampling factor "
@@ -152,7 +192,16 @@ class MMARConfig(PreTrainedConfig):
                 raise ValueError(f"MMARConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.embedder_depth < 0:
             raise ValueError(f"MMARConfig.embedder_depth must be >= 0, got {self.embedder_depth}")
-        if self.image_loss_weight < 0:
+        if self.embedder_depth > 0 and (
+            self.embedder_num_heads < 1 or self.text_config.hidden_size % self.embedder_num_heads
+        ):
+            raise ValueError(
+                f"MMARConfig.embedder_num_heads ({self.embedder_num_heads}) must divide the LLM hidden size "
+                f"({self.text_config.hidden_size}) when embedder_depth > 0"
+            )
+        if not self.vae_scaling_factor > 0:
+            raise ValueError(f"MMARConfig.vae_scaling_factor must be > 0, got {self.vae_scaling_factor}")
+        if not self.image_loss_weight >= 0:
             raise ValueError(f"MMARConfig.image_loss_weight must be >= 0, got {self.image_loss_weight}")
 
     def _check_image_token_ids(self):
@@ -160,10 +209,17 @@ class MMARConfig(PreTrainedConfig):
                "eoi_token_id": self.eoi_token_id}
         if len(set(ids.values())) != 3:
             raise ValueError(f"MMARConfig image special-token ids must be distinct, got {ids}")
-        vocab_size = getattr(self.text_config, "vocab_size", None)
+        vocab_size = self.text_config.vocab_size
         for name, value in ids.items():
-            if vocab_size is not None and not 0 <= value < vocab_size:
+            if not 0 <= value < vocab_size:
                 raise ValueError(f"MMARConfig.{name}={value} is outside the text vocabulary (size {vocab_size})")
+        # A padding/bos/eos id that is also `<img>` would turn padding into image spans.
+        for text_name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            text_ids = getattr(self.text_config, text_name, None)
+            text_ids = set(text_ids) if isinstance(text_ids, (list, tuple)) else {text_ids}
+            for name, value in ids.items():
+                if value in text_ids:
+                    raise ValueError(f"MMARConfig.{name}={value} collides with text_config.{text_name}")
 
 
 __all__ = ["MMARConfig"]

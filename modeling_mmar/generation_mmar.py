@@ -1,7 +1,149 @@
 """Generation for MMAR: text generation through `GenerationMixin`, image generation through the masked-AR sampler."""
 
+from __future__ import annotations
+
+import torch
 from transformers import GenerationMixin
+from transformers.masking_utils import create_masks_for_generate as _create_masks
+
+from .image_tokens_mmar import image_block_ids
+from .sampling_mmar import generate_images
+
+GENERATION_MODES = ("text", "image")
 
 
 class MMARGenerationMixin(GenerationMixin):
-    """`generate(..., generation_mode="text" | "image")`: to be completed by the generation issue."""
+    """
+    `generate(..., generation_mode="text")` (default): captions and answers exactly as for any transformers VLM;
+    images in the prompt are encoded once at prefill, then decoding runs on the KV cache.
+    `generate(..., generation_mode="image")`: text -> image with the masked-autoregressive sampler.
+    """
+
+    @torch.no_grad()
+    def generate(self, inputs=None, generation_config=None, *args, generation_mode: str = "text", **kwargs):
+        r"""
+        Text mode takes every `GenerationMixin.generate` argument (`max_new_tokens`, `num_beams`, `do_sample`,
+        `cache_implementation`, ...) plus `pixel_values` for the prompt's `<image>` spans. The image special tokens
+        (`<boi>`, `<img>`, `<eoi>`) are never generated in text mode.
+
+        Image mode (`generation_mode="image"`) returns one image per prompt and takes:
+            input_ids / attention_mask: `<bos>caption<boi>` prompts, left-padded
+                (`processor(text=prompts, generation_mode="image")`); a missing final `<boi>` is appended.
+            negative_prompt_ids / negative_prompt_attention_mask: token ids of the unconditional (negative)
+                prompts; default: the empty caption `<bos><boi>`.
+            num_iter (`int`, default min(64, tokens_per_image)): masked-AR steps K (cosine schedule).
+            guidance_scale (`float`, default 3.0): classifier-free guidance s on the head's output; 1.0 runs no
+                unconditional rows.
+            guidance_schedule (`"linear"` | `"constant"`): s_k = 1 + (s - 1) * revealed_k / L, or s.
+            temperature (`float`, default 1.0): scales the noise injected at every reverse diffusion step.
+            num_inference_steps (`int`, default: the scheduler's default, 100): diffusion steps per token.
+            scheduler: any diffusers scheduler with `set_timesteps`/`step` built for the model's diffusion
+                process (default: `MMARScheduler` from the model config; e.g. `DDIMScheduler.from_config(...)`).
+            generator: one `torch.Generator` or a list with one per prompt (per-image reproducibility).
+            use_cache (`bool`, default True): reuse the prompt's KV cache at every step; False re-runs it.
+            output_type (`"pt"` | `"np"` | `"pil"` | `"latent"`): [B,C,H,W] tensor in [0, 1], [B,H,W,C] array in
+                [0, 1], a list of PIL images, or the continuous image tokens [B, L, D].
+            show_progress (`bool`, default True): tqdm bar over the masked-AR steps.
+            callback_on_step_end (`callable(step, image_tokens, still_masked)`): called after every step with
+                copies of the tokens [B, L, D] and the bool mask [B, L] (True = not generated yet).
+        """
+        if generation_mode not in GENERATION_MODES:
+            raise ValueError(f"generation_mode must be one of {GENERATION_MODES}, got {generation_mode!r}")
+        if generation_mode == "text":
+            self._suppress_image_special_tokens(generation_config, kwargs)
+            return super().generate(inputs, generation_config, *args, **kwargs)
+
+        if args or generation_config is not None:
+            raise ValueError(
+                "generation_mode='image' takes keyword arguments only (no GenerationConfig / logits processors: "
+                "image tokens are continuous and sampled by the diffusion head)"
+            )
+        if "negative_prompt" in kwargs:
+            raise ValueError(
+                "model.generate takes the negative prompt as token ids (negative_prompt_ids, "
+                "negative_prompt_attention_mask); pass text through MMARPipeline(negative_prompt=...)"
+            )
+        input_ids = kwargs.pop("input_ids", None) if inputs is None else inputs
+        if inputs is not None and "input_ids" in kwargs:
+            raise ValueError("Pass the prompts either as `inputs` or as `input_ids`, not both")
+        return generate_images(self, input_ids, **kwargs)
+
+    def _suppress_image_special_tokens(self, generation_config, kwargs) -> None:
+        # Images are not produced token by token: a text-mode `<img>` would open a span of the wrong length.
+        image_ids = {self.config.boi_token_id, self.config.image_token_id, self.config.eoi_token_id}
+        requested = kwargs.get("suppress_tokens")
+        if requested is None:
+            requested = (generation_config or self.generation_config).suppress_tokens
+        kwargs["suppress_tokens"] = sorted(set(requested or ()) | image_ids)
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids,
+        next_sequence_length=None,
+        cache=None,
+        attention_mask=None,
+        inputs_embeds=None,
+        is_first_iteration=False,
+        token_type_ids=None,
+        **kwargs,
+    ):
+        if cache is None and "past_key_values" in kwargs:  # pre-5.24 name
+            cache = kwargs.pop("past_key_values")
+        # `token_type_ids` (1 = image token) only serve `create_masks_for_generate` at prefill (compileable caches
+        # get their masks precomputed); afterwards every new token is causal text.
+        if is_first_iteration and token_type_ids is None and input_ids is not None:
+            is_image = input_ids == self.config.image_token_id
+            token_type_ids = is_image.long() if is_image.any() else None
+        elif not is_first_iteration and kwargs.get("use_cache", True):
+            token_type_ids = None
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids,
+            next_sequence_length=next_sequence_length,
+            cache=cache,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            is_first_iteration=is_first_iteration,
+            token_type_ids=token_type_ids,
+            **kwargs,
+        )
+        model_inputs.pop("token_type_ids", None)  # forward finds the image spans in input_ids itself
+        return model_inputs
+
+    @staticmethod
+    def create_masks_for_generate(
+        config, inputs_embeds, attention_mask, cache, position_ids=None, token_type_ids=None,
+        block_sequence_ids=None, **kwargs,
+    ):
+        """Masks precomputed by `generate` for compileable caches: causal text + bidirectional image spans."""
+        if block_sequence_ids is None and token_type_ids is not None and bool((token_type_ids == 1).any()):
+            block_sequence_ids = image_block_ids(token_type_ids, 1)
+        return _create_masks(
+            config=config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            cache=cache,
+            position_ids=position_ids,
+            block_sequence_ids=block_sequence_ids,
+        )
+
+    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
+        # GenerationMixin repeats every tensor row-wise; pixel_values holds images (any number per row), so repeat
+        # each row's own images instead (beam search, num_return_sequences).
+        pixel_values = model_kwargs.pop("pixel_values", None)
+        if pixel_values is not None and expand_size > 1 and input_ids is not None:
+            is_image = input_ids == self.config.image_token_id
+            starts = is_image & ~torch.nn.functional.pad(is_image, (1, 0), value=False)[:, :-1]
+            counts = starts.sum(-1).tolist()
+            offsets = [sum(counts[:row]) for row in range(len(counts))]
+            index = [offsets[row] + i for row in range(len(counts)) for _ in range(expand_size)
+                     for i in range(counts[row])]
+            pixel_values = pixel_values[torch.tensor(index, dtype=torch.long, device=pixel_values.device)]
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **model_kwargs
+        )
+        if pixel_values is not None:
+            model_kwargs["pixel_values"] = pixel_values
+        return input_ids, model_kwargs
+
+
+__all__ = ["MMARGenerationMixin"]

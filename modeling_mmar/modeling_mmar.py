@@ -72,6 +72,17 @@ class MMARPreTrainedModel(PreTrainedModel):
     # The diffusion MSE is a per-batch mean: let Trainer divide by gradient-accumulation steps itself.
     accepts_loss_kwargs = False
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        # Loading replaces every parameter by a fresh `nn.Parameter(requires_grad=True)`: re-freeze the VAE so that
+        # optimizers, PEFT and parameter counts see it as the frozen tokenizer it is.
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True
+        for module in model.modules():
+            if isinstance(module, MMARModel):
+                module.freeze_image_tokenizer()
+        return loaded
+
     def _init_weights(self, module):
         super()._init_weights(module)
         if isinstance(module, MMARImageEmbedder):
@@ -92,10 +103,9 @@ class MMARModel(MMARPreTrainedModel):
             if AutoencoderKL is None:
                 raise ImportError("vae_config is set but diffusers is not installed: pip install diffusers")
             self.vae = AutoencoderKL(**config.vae_config)
-            self.vae.requires_grad_(False)
-            self.vae.eval()
         else:
             self.vae = None
+        self.freeze_image_tokenizer()
         self.image_embedder = MMARImageEmbedder(
             token_dim=config.token_dim,
             hidden_size=config.text_config.hidden_size,
@@ -105,10 +115,15 @@ class MMARModel(MMARPreTrainedModel):
         )
         self.post_init()
 
+    def freeze_image_tokenizer(self):
+        """The VAE is a fixed tokenizer: no gradients, always in eval mode."""
+        if self.vae is not None:
+            self.vae.requires_grad_(False)
+            self.vae.eval()
+
     def train(self, mode: bool = True):
         super().train(mode)
-        if self.vae is not None:  # the tokenizer is frozen: never dropout / batch-stat updates
-            self.vae.eval()
+        self.freeze_image_tokenizer()  # never dropout / batch-stat updates / gradients in the tokenizer
         return self
 
     # ---------------- continuous image tokenizer ----------------
@@ -139,6 +154,29 @@ class MMARModel(MMARPreTrainedModel):
     def get_image_features(self, pixel_values: torch.Tensor, image_mask: torch.Tensor | None = None):
         """Embeddings of the images' token spans at the LLM width: [N, tokens_per_image, hidden]."""
         return self.image_embedder(self.encode_images(pixel_values), image_mask)
+
+    def _image_span_masks(self, inputs_embeds, attention_mask, cache, position_ids, block_ids):
+        """Causal text + bidirectional image spans, built for the attention implementation the layers use."""
+        if attention_mask is not None and attention_mask.ndim == 4:  # a caller-made 4D mask is used as given
+            return attention_mask
+        text_config = self.config.get_text_config()
+        masks = _create_masks(
+            config=text_config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            cache=cache,
+            position_ids=position_ids,
+            block_sequence_ids=block_ids,
+        )
+        # FlashAttention-style kernels (and layer types without a mask function) only get the 2D padding mask back:
+        # the image spans would silently turn causal.
+        for mask in masks.values() if isinstance(masks, dict) else [masks]:
+            if mask is None or (isinstance(mask, torch.Tensor) and mask.ndim == 2):
+                raise ValueError(
+                    f"attn_implementation={text_config._attn_implementation!r} cannot express MMAR's bidirectional "
+                    "image spans; use 'sdpa', 'eager' or 'flex_attention'"
+                )
+        return masks
 
     # ---------------- forward ----------------
     @can_return_tuple
@@ -205,15 +243,7 @@ class MMARModel(MMARPreTrainedModel):
                     block_ids = nn.functional.pad(block_ids, (past_length, 0), value=-1)
 
         if block_ids is not None and not isinstance(attention_mask, dict):
-            # Causal text + bidirectional image spans, built for the attention implementation the layers use.
-            attention_mask = _create_masks(
-                config=cfg.get_text_config(),
-                inputs_embeds=inputs_embeds,
-                attention_mask=attention_mask,
-                cache=cache,
-                position_ids=position_ids,
-                block_sequence_ids=block_ids,
-            )
+            attention_mask = self._image_span_masks(inputs_embeds, attention_mask, cache, position_ids, block_ids)
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -247,6 +277,32 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
         self._noise_scheduler = None
         self.post_init()
 
+    @classmethod
+    def from_text_model(cls, text_model_or_path, vae=None, tokenizer=None, image_size=None, patch_size=None,
+                        num_channels=None, dtype=None, **config_kwargs):
+        r"""
+        Wrap a pretrained causal LM (weights kept exactly) into a new MMAR model; returns `(model, processor)`.
+
+        Args:
+            text_model_or_path: an `AutoModelForCausalLM` model, or its local path / Hub id.
+            vae: `None` (pixel-patch tokens), a diffusers `AutoencoderKL` or its path (a pipeline folder's `vae/`
+                works too); its weights and scaling/shift factors are kept.
+            tokenizer: the LLM's tokenizer or its path (default: the text model's path). A copy gets the image
+                tokens `<image>`, `<boi>`, `<img>`, `<eoi>`; embeddings are resized when the vocabulary grows.
+            image_size, patch_size, num_channels: image geometry (default: the VAE's, else MMARConfig's).
+            dtype: dtype of the new model (default: the text model's; the VAE stays float32).
+            **config_kwargs: any other `MMARConfig` field (head_width, embedder_depth, ...).
+
+        ```python
+        model, processor = MMARForConditionalGeneration.from_text_model("Qwen/Qwen2-0.5B", vae="path/to/kl16",
+                                                                        image_size=256, patch_size=1)
+        ```
+        """
+        from .builder_mmar import from_text_model
+
+        return from_text_model(cls, text_model_or_path, vae=vae, tokenizer=tokenizer, image_size=image_size,
+                               patch_size=patch_size, num_channels=num_channels, dtype=dtype, **config_kwargs)
+
     def get_output_embeddings(self):
         return self.lm_head
 
@@ -267,7 +323,8 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
     def diffusion_loss(self, conditions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """
         MSE of the head's prediction over tokens `targets` [M, D] given LLM states `conditions` [M, H]. Each token
-        is drawn `diffusion_batch_mul` times with a fresh uniform timestep and noise while the LLM ran once.
+        is drawn `diffusion_batch_mul` times with a fresh uniform timestep and noise while the LLM ran once. The
+        regression target is the scheduler's `prediction_type`: v = alpha_t * noise - sigma_t * x0, the noise, or x0.
         """
         mul = self.config.diffusion_batch_mul
         conditions = conditions.repeat(mul, 1)
@@ -282,9 +339,9 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
             target = noise
         else:
             target = clean
-        head_dtype = self.diffusion_head.input_proj.weight.dtype
+        head_dtype = next(self.diffusion_head.parameters()).dtype
         prediction = self.diffusion_head(noisy.to(head_dtype), timesteps, conditions.to(head_dtype))
-        return nn.functional.mse_loss(prediction.float(), target.float())
+        return nn.functional.mse_loss(prediction.float(), target)
 
     @can_return_tuple
     def forward(

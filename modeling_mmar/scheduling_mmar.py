@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
+# Not used here directly: diffusers' pipeline loader finds a custom component's loading method by looking its base
+# class (SchedulerMixin) up in the component's own module, so MMARPipeline.from_pretrained needs the name here.
+from diffusers import SchedulerMixin  # noqa: F401
 from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
@@ -57,6 +60,9 @@ class MMARScheduler(DDPMScheduler):
             steps_offset=steps_offset,
             rescale_betas_zero_snr=rescale_betas_zero_snr,
         )
+        # MMAR's defaults are not DDPM's/DDIM's: mark every value as explicit, otherwise
+        # `DDIMScheduler.from_config(MMARScheduler().config)` drops them for its own (epsilon, linear betas).
+        self.register_to_config(_use_default_values=[])
 
     def set_timesteps(self, num_inference_steps: int | None = None, device=None, timesteps=None):
         """Respace the `num_train_timesteps` process to `num_inference_steps` (default 100) reverse steps."""
@@ -67,6 +73,17 @@ class MMARScheduler(DDPMScheduler):
                 f"num_inference_steps must be in [1, {self.config.num_train_timesteps}], got {num_inference_steps}"
             )
         return super().set_timesteps(num_inference_steps=num_inference_steps, device=device, timesteps=timesteps)
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
+        """x_t = alpha_t * x0 + sigma_t * noise, with `timesteps` of any leading shape of the sample (e.g. one per
+        token: timesteps [N, L] for samples [N, L, D]); diffusers' own version takes one timestep per row only."""
+        alpha_prod = self._alpha_prod(timesteps, original_samples)
+        return alpha_prod.sqrt() * original_samples + (1 - alpha_prod).sqrt() * noise
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
+        """v = alpha_t * noise - sigma_t * x0 (the v-prediction target), timesteps broadcast as in `add_noise`."""
+        alpha_prod = self._alpha_prod(timesteps, sample)
+        return alpha_prod.sqrt() * noise - (1 - alpha_prod).sqrt() * sample
 
     def predict_original_sample(self, model_output: torch.Tensor, timestep, sample: torch.Tensor) -> torch.Tensor:
         """x0 from the model output: for v-prediction x0 = alpha_t * x_t - sigma_t * v."""
@@ -79,7 +96,14 @@ class MMARScheduler(DDPMScheduler):
         return model_output
 
     def _alpha_prod(self, timestep, sample: torch.Tensor) -> torch.Tensor:
+        """alpha-bar at `timestep` (a number or a tensor whose shape is a leading part of `sample`'s), shaped to
+        broadcast over the remaining (feature) dimensions of `sample`."""
         timestep = torch.as_tensor(timestep, device=sample.device).long()
+        if tuple(sample.shape[: timestep.ndim]) != tuple(timestep.shape):
+            raise ValueError(
+                f"timesteps of shape {tuple(timestep.shape)} do not match the leading dimensions of the sample "
+                f"{tuple(sample.shape)}"
+            )
         alpha_prod = self.alphas_cumprod.to(device=sample.device, dtype=torch.float32)[timestep]
         while alpha_prod.ndim < sample.ndim:  # one timestep per token: broadcast over the token's features
             alpha_prod = alpha_prod.unsqueeze(-1)

@@ -1,0 +1,124 @@
+"""MMARPipeline: text -> image with MMAR as a diffusers `DiffusionPipeline` (components: model, processor, scheduler)."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin
+from transformers import ProcessorMixin
+
+from .modeling_mmar import MMARForConditionalGeneration
+from .sampling_mmar import DEFAULT_NUM_ITER
+
+
+class MMARPipeline(DiffusionPipeline):
+    r"""
+    Generates images from captions with an `MMARForConditionalGeneration`.
+
+    Components:
+        model (`MMARForConditionalGeneration`): the LLM, its image tokenizer and diffusion head.
+        processor (`MMARProcessor`): tokenizes captions into `<bos>caption<boi>` prompts.
+        scheduler (`SchedulerMixin`): the diffusion head's sampler, e.g. `MMARScheduler` or
+            `DDIMScheduler.from_config(pipe.scheduler.config)`.
+
+    ```python
+    pipe = MMARPipeline(model=model, processor=processor, scheduler=MMARScheduler())
+    image = pipe("a handwritten seven", generator=torch.Generator().manual_seed(0)).images[0]
+    ```
+    """
+
+    model_cpu_offload_seq = "model"
+
+    def __init__(self, model: MMARForConditionalGeneration, processor: ProcessorMixin, scheduler: SchedulerMixin):
+        super().__init__()
+        self.register_modules(model=model, processor=processor, scheduler=scheduler)
+
+    def _tokenize(self, prompts: list[str]) -> dict:
+        if self.processor is None:
+            raise ValueError("MMARPipeline needs a processor to tokenize text prompts")
+        batch = self.processor(text=prompts, generation_mode="image", return_tensors="pt")
+        device = self._execution_device
+        return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
+
+    @staticmethod
+    def _as_list(prompt, name: str) -> list[str]:
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f"{name} must be a string or a non-empty list of strings")
+        return prompts
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        num_iter: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float = 3.0,
+        guidance_schedule: str = "linear",
+        temperature: float = 1.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        use_cache: bool = True,
+    ) -> ImagePipelineOutput | tuple:
+        r"""
+        Args:
+            prompt: caption(s), e.g. "a handwritten seven".
+            negative_prompt: caption(s) steered away from by classifier-free guidance (default: the empty caption).
+            num_images_per_prompt: images per caption.
+            num_iter: masked-AR steps (default min(64, tokens per image)).
+            num_inference_steps: diffusion steps per token (default: the scheduler's).
+            guidance_scale: classifier-free guidance scale (1.0 disables the unconditional branch).
+            guidance_schedule: "linear" (grows with the revealed tokens) or "constant".
+            temperature: scales the noise of every reverse diffusion step.
+            generator: one generator, or one per image (`len(prompt) * num_images_per_prompt`).
+            output_type: "pil" (default), "np", "pt" or "latent" (continuous image tokens).
+            return_dict: return an `ImagePipelineOutput` (else a tuple).
+            use_cache: reuse the prompts' KV cache at every masked-AR step.
+        """
+        prompts = self._as_list(prompt, "prompt")
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt}")
+        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+        inputs = self._tokenize(prompts)
+        if negative_prompt is not None:
+            negatives = self._as_list(negative_prompt, "negative_prompt")
+            if len(negatives) == 1:
+                negatives = negatives * len(prompts)
+            elif len(negatives) * num_images_per_prompt == len(prompts):
+                negatives = [n for n in negatives for _ in range(num_images_per_prompt)]
+            else:
+                raise ValueError(
+                    f"negative_prompt holds {len(negatives)} captions for {len(prompts) // num_images_per_prompt} "
+                    "prompts; pass one negative prompt or one per prompt"
+                )
+            negative_inputs = self._tokenize(negatives)
+            inputs["negative_prompt_ids"] = negative_inputs["input_ids"]
+            inputs["negative_prompt_attention_mask"] = negative_inputs["attention_mask"]
+
+        tokens_per_image = self.model.config.tokens_per_image
+        total_steps = num_iter if isinstance(num_iter, int) and num_iter > 0 else min(DEFAULT_NUM_ITER, tokens_per_image)
+        with self.progress_bar(total=total_steps) as progress:
+            images = self.model.generate(
+                **inputs,
+                generation_mode="image",
+                num_iter=num_iter,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                guidance_schedule=guidance_schedule,
+                temperature=temperature,
+                scheduler=self.scheduler,
+                generator=generator,
+                use_cache=use_cache,
+                output_type=output_type,
+                show_progress=False,
+                callback_on_step_end=lambda step, tokens, still_masked: progress.update(),
+            )
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)
+
+
+__all__ = ["MMARPipeline"]

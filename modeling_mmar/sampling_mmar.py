@@ -1,0 +1,344 @@
+"""Text -> image: MMAR's masked-autoregressive sampling loop (DESIGN sections 1 and 3b).
+
+Every row is `prompt <boi> [image span]`. The prompt prefix never changes, so it runs through the LLM once and
+its KV cache is reused at each of the `num_iter` masked-AR steps, where only the image span runs again (visible
+tokens embedded, the mask embedding elsewhere). The tokens leaving the mask at a step are sampled by the
+per-token diffusion head with a diffusers scheduler, all of them (every image, conditional and unconditional
+rows) in one head call per scheduler step. Randomness is per image: the order of revelation, x_T and the
+per-step head noise come from that image's own generator in a fixed order, so an image generated in a batch
+equals the one generated alone with the same generator.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+from collections.abc import Callable
+
+import torch
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils.torch_utils import randn_tensor
+from tqdm.auto import tqdm
+from transformers import DynamicCache
+
+from .scheduling_mmar import MMARScheduler
+
+GUIDANCE_SCHEDULES = ("linear", "constant")
+OUTPUT_TYPES = ("pt", "np", "pil", "latent")
+DEFAULT_NUM_ITER = 64
+
+StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+def cosine_masked_counts(num_tokens: int, num_iter: int) -> list[int]:
+    """How many tokens are still masked after each step: floor(L*cos(pi/2*(k+1)/K)), clamped to [1, masked-1];
+    the last step reveals everything. At least one token leaves the mask per step while more than one is left."""
+    masked, counts = num_tokens, []
+    for step in range(num_iter):
+        if step == num_iter - 1:
+            masked = 0
+        else:
+            target = math.floor(num_tokens * math.cos(math.pi / 2 * (step + 1) / num_iter))
+            masked = max(1, min(masked - 1, target))
+        counts.append(masked)
+    return counts
+
+
+def guidance_for_step(guidance_scale: float, schedule: str, revealed_after_step: int, num_tokens: int) -> float:
+    """CFG scale of one step: constant, or linear s_k = 1 + (s - 1) * revealed_after_step / L."""
+    if schedule == "constant":
+        return guidance_scale
+    return 1.0 + (guidance_scale - 1.0) * revealed_after_step / num_tokens
+
+
+class PerImageRandomness:
+    """Draws every random number of image i from generator i, in the same order whatever the batch is."""
+
+    def __init__(self, generator, batch_size: int, device: torch.device):
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != batch_size:
+                raise ValueError(
+                    f"generator is a list of {len(generator)} generators but {batch_size} prompts were given; "
+                    "pass one generator per prompt (or a single generator)"
+                )
+            self.generators = list(generator)
+        else:
+            self.generators = [generator] * batch_size
+        self.device = device
+
+    def permutations(self, num_tokens: int) -> torch.Tensor:
+        """One random order of revelation per image: [B, L]."""
+        orders = []
+        for g in self.generators:
+            rand_device = g.device if g is not None else torch.device("cpu")
+            orders.append(torch.randperm(num_tokens, generator=g, device=rand_device).to(self.device))
+        return torch.stack(orders)
+
+    def normal(self, per_image: int, dim: int) -> torch.Tensor:
+        """Standard normal [B * per_image, dim], image-major."""
+        draws = [randn_tensor((per_image, dim), generator=g, device=self.device, dtype=torch.float32)
+                 for g in self.generators]
+        return torch.cat(draws)
+
+
+def build_prompt_rows(input_ids, attention_mask, negative_ids, negative_mask, config, with_uncond: bool):
+    """
+    Left-padded `[cond rows; uncond rows]` prefixes, each ending with `<boi>`. Uncond rows are the negative
+    prompts when given, else the empty caption `<bos><boi>` (`<boi>` alone when the prompt has no `<bos>`).
+    """
+    cond = _valid_rows(input_ids, attention_mask, config, "input_ids")
+    rows = list(cond)
+    if with_uncond:
+        if negative_ids is not None:
+            negative = _valid_rows(negative_ids, negative_mask, config, "negative_prompt_ids")
+            if len(negative) == 1 and len(cond) > 1:
+                negative = negative * len(cond)
+            if len(negative) != len(cond):
+                raise ValueError(
+                    f"negative_prompt_ids holds {len(negative)} prompts but input_ids holds {len(cond)}; "
+                    "pass one negative prompt per prompt (or a single one for all)"
+                )
+        else:
+            bos = config.text_config.bos_token_id
+            negative = [
+                [row[0], config.boi_token_id] if bos is not None and len(row) > 1 and row[0] == bos
+                else [config.boi_token_id]
+                for row in cond
+            ]
+        rows += negative
+    pad = config.text_config.pad_token_id if config.text_config.pad_token_id is not None else 0
+    length = max(len(row) for row in rows)
+    ids = torch.full((len(rows), length), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, length - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, length - len(row):] = 1
+    return ids.to(input_ids.device), mask.to(input_ids.device)
+
+
+def _valid_rows(ids, mask, config, name: str) -> list[list[int]]:
+    if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.dtype not in (torch.long, torch.int):
+        raise ValueError(f"{name} must be an integer tensor [batch, sequence_length] of token ids")
+    if mask is None:
+        mask = torch.ones_like(ids)
+    if mask.shape != ids.shape:
+        raise ValueError(f"the attention mask of {name} has shape {tuple(mask.shape)}, expected {tuple(ids.shape)}")
+    rows = []
+    for row_ids, row_mask in zip(ids.tolist(), mask.tolist()):
+        row = [token for token, keep in zip(row_ids, row_mask) if keep]
+        if config.image_token_id in row or config.eoi_token_id in row:
+            raise ValueError(
+                f"{name} already contains an image span (<img> id {config.image_token_id} or <eoi> id "
+                f"{config.eoi_token_id}); image generation prompts are `<bos>caption<boi>`: build them with "
+                "processor(text=..., generation_mode='image')"
+            )
+        if not row or row[-1] != config.boi_token_id:  # the image starts right after the prompt
+            row.append(config.boi_token_id)
+        rows.append(row)
+    return rows
+
+
+class ImageSpanRunner:
+    """Runs the image span of every row through the LLM on top of the fixed prompt prefix."""
+
+    def __init__(self, model, prefix_ids, prefix_mask, use_cache: bool):
+        self.backbone = model.model
+        cfg = model.config
+        self.num_tokens = cfg.tokens_per_image
+        rows = prefix_ids.shape[0]
+        self.span_ids = torch.full((rows, self.num_tokens), cfg.image_token_id, dtype=torch.long,
+                                   device=prefix_ids.device)
+        self.prefix_ids, self.prefix_mask = prefix_ids, prefix_mask
+        self.full_mask = torch.cat([prefix_mask, torch.ones_like(self.span_ids)], dim=1)
+        # Positions from the attention mask (left padding): pads get 1 like GenerationMixin, the image continues
+        # right after each row's own prompt.
+        prefix_positions = (prefix_mask.cumsum(-1) - 1).masked_fill(prefix_mask == 0, 1)
+        span_positions = prefix_mask.sum(-1, keepdim=True) + torch.arange(self.num_tokens, device=prefix_ids.device)
+        self.prefix_positions, self.span_positions = prefix_positions, span_positions
+        self.cache = None
+        if use_cache:
+            self.cache = DynamicCache(config=cfg.get_text_config())
+            self.backbone(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=prefix_positions,
+                          cache=self.cache, use_cache=True)
+            self.prefix_length = prefix_ids.shape[1]
+
+    def hidden_states(self, tokens: torch.Tensor, still_masked: torch.Tensor) -> torch.Tensor:
+        """LLM states at the image positions [rows, L, H] for `tokens` [rows, L, D] (`still_masked` hidden)."""
+        if self.cache is None:  # reference path: the whole sequence again
+            out = self.backbone(
+                input_ids=torch.cat([self.prefix_ids, self.span_ids], dim=1), attention_mask=self.full_mask,
+                position_ids=torch.cat([self.prefix_positions, self.span_positions], dim=1),
+                image_tokens=tokens, image_mask=still_masked, use_cache=False,
+            )
+            return out.last_hidden_state[:, -self.num_tokens:]
+        croppable = self.cache.is_croppable
+        cache = self.cache if croppable else copy.deepcopy(self.cache)
+        out = self.backbone(
+            input_ids=self.span_ids, attention_mask=self.full_mask, position_ids=self.span_positions,
+            cache=cache, image_tokens=tokens, image_mask=still_masked, use_cache=True,
+        )
+        if croppable:  # back to the prompt prefix: the span's keys/values change at every step
+            self.cache.crop(-self.num_tokens)
+        return out.last_hidden_state
+
+
+class HeadSampler:
+    """Samples tokens from the diffusion head with a diffusers scheduler, with CFG on the head's output."""
+
+    def __init__(self, head, scheduler, num_inference_steps: int, temperature: float):
+        self.head, self.scheduler = head, scheduler
+        self.num_inference_steps, self.temperature = num_inference_steps, temperature
+        step_params = inspect.signature(scheduler.step).parameters
+        self.accepts_temperature = "temperature" in step_params
+        self.accepts_noise = "variance_noise" in step_params
+        self.accepts_generator = "generator" in step_params
+        self.head_dtype = next(head.parameters()).dtype
+        if temperature != 1.0 and not (self.accepts_temperature or self.accepts_noise):
+            raise ValueError(
+                f"temperature={temperature} needs a scheduler whose step takes `temperature` or `variance_noise` "
+                f"(MMARScheduler, DDIMScheduler, ...); {type(scheduler).__name__} takes neither: use temperature=1.0"
+            )
+
+    def sample(self, cond, uncond, guidance: float, randomness: PerImageRandomness, per_image: int):
+        """cond/uncond: LLM states [M, H] of the M tokens to sample (uncond None: no CFG). Returns [M, D]."""
+        scheduler, dim = self.scheduler, self.head.token_dim
+        scheduler.set_timesteps(self.num_inference_steps, device=cond.device)
+        sample = randomness.normal(per_image, dim) * scheduler.init_noise_sigma
+        conditions = cond if uncond is None else torch.cat([cond, uncond])
+        conditions = conditions.to(self.head_dtype)
+        for t in scheduler.timesteps:
+            model_input = scheduler.scale_model_input(sample, t)
+            if uncond is not None:  # the conditional and unconditional predictions share one x_t
+                model_input = torch.cat([model_input, model_input])
+            timesteps = t.reshape(1).expand(model_input.shape[0]).to(cond.device)
+            output = self.head(model_input.to(self.head_dtype), timesteps, conditions).float()
+            if uncond is not None:
+                output_cond, output_uncond = output.chunk(2)
+                output = output_uncond + guidance * (output_cond - output_uncond)
+            sample = scheduler.step(output, t, sample, **self._step_kwargs(randomness, per_image, dim)).prev_sample
+        return sample
+
+    def _step_kwargs(self, randomness: PerImageRandomness, per_image: int, dim: int) -> dict:
+        kwargs = {}
+        if self.accepts_noise:  # drawn for every step, used or not, so each image's stream stays aligned
+            noise = randomness.normal(per_image, dim)
+            if self.accepts_temperature:
+                kwargs["temperature"] = self.temperature
+            else:  # the noise enters the step linearly: scaling it is exactly a temperature
+                noise = noise * self.temperature
+            kwargs["variance_noise"] = noise
+        elif self.accepts_generator:
+            generators = randomness.generators
+            if all(g is not None for g in generators):  # randn_tensor draws row i from generator i: per image
+                kwargs["generator"] = [g for g in generators for _ in range(per_image)]
+        return kwargs
+
+
+def default_scheduler(config) -> MMARScheduler:
+    return MMARScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.noise_schedule,
+                         prediction_type=config.prediction_type)
+
+
+def check_scheduler(scheduler, config) -> None:
+    if not (hasattr(scheduler, "set_timesteps") and hasattr(scheduler, "step")):
+        raise ValueError(f"scheduler must be a diffusers scheduler with set_timesteps/step, got {type(scheduler).__name__}")
+    scheduler_config = getattr(scheduler, "config", {})
+    for name, expected in (("num_train_timesteps", config.num_train_timesteps),
+                           ("prediction_type", config.prediction_type), ("beta_schedule", config.noise_schedule)):
+        value = scheduler_config.get(name)
+        if value is not None and value != expected:
+            raise ValueError(
+                f"scheduler.config.{name}={value!r} but the diffusion head was trained with {name}={expected!r}; "
+                "build it from the model's scheduler config, e.g. DDIMScheduler.from_config(pipe.scheduler.config)"
+            )
+
+
+@torch.no_grad()
+def generate_images(
+    model,
+    input_ids: torch.LongTensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    negative_prompt_ids: torch.LongTensor | None = None,
+    negative_prompt_attention_mask: torch.Tensor | None = None,
+    num_iter: int | None = None,
+    guidance_scale: float = 3.0,
+    guidance_schedule: str = "linear",
+    temperature: float = 1.0,
+    num_inference_steps: int | None = None,
+    scheduler=None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    use_cache: bool = True,
+    output_type: str = "pt",
+    show_progress: bool = True,
+    callback_on_step_end: StepCallback | None = None,
+    token_type_ids: torch.Tensor | None = None,  # accepted (the processor may return it) and not needed
+):
+    """
+    Generate one image per prompt row of `input_ids` (`<bos>caption<boi>`, left-padded). Returns a tensor
+    [B, C, H, W] in [0, 1] ("pt"), an array [B, H, W, C] in [0, 1] ("np"), a list of PIL images ("pil") or the
+    continuous image tokens [B, L, D] ("latent"). See `MMARForConditionalGeneration.generate`.
+    """
+    cfg = model.config
+    num_tokens = cfg.tokens_per_image
+    if input_ids is None:
+        raise ValueError("image generation needs input_ids: the tokenized prompts `<bos>caption<boi>`")
+    num_iter = min(DEFAULT_NUM_ITER, num_tokens) if num_iter is None else num_iter
+    if not isinstance(num_iter, int) or not 1 <= num_iter <= num_tokens:
+        raise ValueError(f"num_iter must be an integer in [1, tokens_per_image={num_tokens}], got {num_iter}")
+    if guidance_scale < 0:
+        raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+    if guidance_schedule not in GUIDANCE_SCHEDULES:
+        raise ValueError(f"guidance_schedule must be one of {GUIDANCE_SCHEDULES}, got {guidance_schedule!r}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+    scheduler = default_scheduler(cfg) if scheduler is None else scheduler
+    check_scheduler(scheduler, cfg)
+    if num_inference_steps is None:
+        num_inference_steps = getattr(scheduler, "config", {}).get("default_num_inference_steps", 100)
+    if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps}")
+
+    batch_size, device = input_ids.shape[0], model.device
+    with_uncond = guidance_scale != 1.0  # s = 1 is plain conditional sampling: no unconditional rows at all
+    prefix_ids, prefix_mask = build_prompt_rows(
+        input_ids, attention_mask, negative_prompt_ids, negative_prompt_attention_mask, cfg, with_uncond
+    )
+    randomness = PerImageRandomness(generator, batch_size, device)
+    orders = randomness.permutations(num_tokens)  # first draw of each image's stream
+    rows = 2 * batch_size if with_uncond else batch_size
+
+    runner = ImageSpanRunner(model, prefix_ids.to(device), prefix_mask.to(device), use_cache)
+    head_sampler = HeadSampler(model.diffusion_head, scheduler, num_inference_steps, temperature)
+    tokens = torch.zeros(batch_size, num_tokens, cfg.token_dim, device=device)
+    still_masked = torch.ones(batch_size, num_tokens, dtype=torch.bool, device=device)
+    revealed = 0
+    for step, masked_after in enumerate(tqdm(cosine_masked_counts(num_tokens, num_iter), disable=not show_progress,
+                                             desc="masked-AR steps")):
+        repeat = rows // batch_size  # the unconditional rows see the same partial images
+        hidden = runner.hidden_states(tokens.repeat(repeat, 1, 1), still_masked.repeat(repeat, 1))
+        revealed_after = num_tokens - masked_after
+        leaving = orders[:, revealed:revealed_after]  # [B, n]: next in each image's own order
+        if leaving.shape[1]:
+            gather = leaving.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+            cond = hidden[:batch_size].gather(1, gather).flatten(0, 1)
+            uncond = hidden[batch_size:].gather(1, gather).flatten(0, 1) if with_uncond else None
+            guidance = guidance_for_step(guidance_scale, guidance_schedule, revealed_after, num_tokens)
+            new_tokens = head_sampler.sample(cond, uncond, guidance, randomness, leaving.shape[1])
+            tokens.scatter_(1, leaving.unsqueeze(-1).expand(-1, -1, cfg.token_dim),
+                            new_tokens.view(batch_size, -1, cfg.token_dim).to(tokens.dtype))
+            still_masked.scatter_(1, leaving, False)
+        revealed = revealed_after
+        if callback_on_step_end is not None:
+            callback_on_step_end(step, tokens.clone(), still_masked.clone())
+
+    if output_type == "latent":
+        return tokens
+    pixels = model.model.decode_image_tokens(tokens)
+    return VaeImageProcessor(do_normalize=True).postprocess(pixels.float(), output_type=output_type)
+
+
+__all__ = ["generate_images", "cosine_masked_counts", "guidance_for_step"]

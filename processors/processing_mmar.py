@@ -1,0 +1,341 @@
+"""MMARProcessor: images + text -> `input_ids`, `attention_mask`, `pixel_values` for MMAR, and decoding back.
+
+Sequence conventions (shared with the training collator and the image sampler):
+- `<image>` in text becomes `<boi>` + `<img>` x num_image_tokens + `<eoi>`; the span is filled from `pixel_values`.
+- The tokenizer's bos token (if it has one) is prepended unless the text already starts with it; the tokenizer
+  itself adds no special tokens.
+- understanding: `<bos><image>What digit is this? seven<eos>`; generation: `<bos>a handwritten seven<image><eos>`.
+- `generation_mode="image"` builds image-generation prompts `<bos>caption<boi>`, left-padded (the sampler appends
+  the image span); the unconditional prompt of classifier-free guidance is the empty caption, `<bos><boi>`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from transformers import BatchFeature, ProcessorMixin
+
+from .image_processing_mmar import MMARImageProcessor
+
+GENERATION_MODES = ("text", "image")
+
+# Renders the conversations in the plain sequence layout above. An assistant image turn is `<image>` (the processor
+# expands it); `add_generation_prompt` adds nothing for a text answer (the model continues after the question, its
+# answer starts with a space) and `<boi>` for an image (`generation_mode="image"`). `{% generation %}` marks what
+# the assistant writes, for `return_assistant_tokens_mask=True`.
+DEFAULT_CHAT_TEMPLATE = (
+    "{%- if bos_token is defined and bos_token %}{{ bos_token }}{% endif -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] not in ['user', 'assistant'] -%}"
+    "{{- raise_exception(\"MMAR's chat template supports the roles 'user' and 'assistant', got '\" ~ message['role'] ~ \"'\") -}}"
+    "{%- endif -%}"
+    "{%- if message['content'] is string -%}{%- set items = [{'type': 'text', 'text': message['content']}] -%}"
+    "{%- else -%}{%- set items = message['content'] -%}{%- endif -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{%- generation -%}"
+    "{%- if items and items[0]['type'] == 'text' %} {% endif -%}"
+    "{%- for item in items -%}"
+    "{%- if item['type'] == 'image' %}{{ image_token }}{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif -%}"
+    "{%- endfor -%}"
+    "{{- eos_token -}}"
+    "{%- endgeneration -%}"
+    "{%- else -%}"
+    "{%- for item in items -%}"
+    "{%- if item['type'] == 'image' %}{{ image_token }}{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif -%}"
+    "{%- endfor -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt and generation_mode is defined and generation_mode == 'image' %}{{ boi_token }}{% endif -%}"
+)
+
+
+class MMARProcessor(ProcessorMixin):
+    r"""
+    Wraps an `MMARImageProcessor` and any HF tokenizer that holds the image special tokens.
+
+    Args:
+        image_processor (`MMARImageProcessor`): Turns images into `pixel_values` [N, C, H, W] in [-1, 1].
+        tokenizer (`PreTrainedTokenizerBase`): e.g. `build_tokenizer(corpus)`, or Qwen2's after
+            `add_image_tokens(tokenizer)`.
+        chat_template (`str`, *optional*): Jinja template (default: `DEFAULT_CHAT_TEMPLATE`).
+        num_image_tokens (`int`): `<img>` tokens per image, MMARConfig.tokens_per_image; prefer
+            `MMARProcessor.from_model_config(config, tokenizer)`, which reads it from the config.
+        image_token, boi_token, img_token, eoi_token (`str`): The placeholder written in text and the span tokens.
+
+    Attributes: `image_token` ("<image>", the placeholder), `image_token_id` (id of `<img>`: MMARConfig.image_token_id),
+    `boi_token_id`, `eoi_token_id`, `image_placeholder_id` (id of `<image>`), `num_image_tokens`.
+
+    ```python
+    processor = MMARProcessor.from_model_config(config, build_tokenizer(digits_corpus()))
+    batch = processor(images=image, text="<image>What digit is this?")   # input_ids, attention_mask, pixel_values
+    prompts = processor(text=["a handwritten seven", ""], generation_mode="image")  # `<bos>caption<boi>`, left-padded
+    ```
+    """
+
+    # Processor-level defaults (lowest priority in `_merge_kwargs`): tensors, padded to the longest sample; the
+    # processor writes bos itself, so the tokenizer must not add special tokens.
+    text_kwargs = {"padding": True, "return_tensors": "pt", "add_special_tokens": False, "return_token_type_ids": False}
+    images_kwargs = {"return_tensors": "pt"}
+
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        chat_template=None,
+        num_image_tokens: int = 16,
+        image_token: str = "<image>",
+        boi_token: str = "<boi>",
+        img_token: str = "<img>",
+        eoi_token: str = "<eoi>",
+        **kwargs,
+    ):
+        if tokenizer is None or image_processor is None:
+            raise ValueError("MMARProcessor needs both an image_processor and a tokenizer")
+        if not isinstance(num_image_tokens, int) or isinstance(num_image_tokens, bool) or num_image_tokens < 1:
+            raise ValueError(f"MMARProcessor num_image_tokens must be a positive integer, got {num_image_tokens!r}")
+        self.num_image_tokens = num_image_tokens
+        self.image_token, self.boi_token, self.img_token, self.eoi_token = image_token, boi_token, img_token, eoi_token
+        ids = {token: self._special_token_id(tokenizer, token) for token in (image_token, boi_token, img_token, eoi_token)}
+        if len(set(ids.values())) != 4:
+            raise ValueError(f"The image special tokens must have distinct ids, got {ids}")
+        self.image_placeholder_id = ids[image_token]
+        self.boi_token_id, self.image_token_id, self.eoi_token_id = ids[boi_token], ids[img_token], ids[eoi_token]
+        self.image_span = boi_token + img_token * num_image_tokens + eoi_token
+        super().__init__(
+            image_processor,
+            tokenizer,
+            chat_template=DEFAULT_CHAT_TEMPLATE if chat_template is None else chat_template,
+            **kwargs,
+        )
+
+    @staticmethod
+    def _special_token_id(tokenizer, token: str) -> int:
+        if token not in tokenizer.get_vocab() or token not in tokenizer.all_special_tokens:
+            raise ValueError(
+                f"The tokenizer has no special token {token!r}; add the image tokens with "
+                "processors.add_image_tokens(tokenizer) (then resize the model's embeddings)"
+            )
+        return tokenizer.convert_tokens_to_ids(token)
+
+    @classmethod
+    def from_model_config(cls, config, tokenizer, chat_template: str | None = None, **image_processor_kwargs):
+        """Build the processor an MMAR model expects: image size, channels and tokens per image come from `config`.
+
+        `config` is an `MMARConfig` (read duck-typed: `image_size`, `num_channels`, `tokens_per_image`, the image
+        token ids and `text_config.vocab_size`). Raises `ValueError` when the tokenizer's image-token ids differ
+        from the config's or do not fit its vocabulary. Extra keyword arguments go to `MMARImageProcessor`.
+        """
+        image_processor = MMARImageProcessor(
+            image_size=config.image_size, num_channels=config.num_channels, **image_processor_kwargs
+        )
+        processor = cls(image_processor, tokenizer, chat_template=chat_template, num_image_tokens=config.tokens_per_image)
+        for name in ("boi_token_id", "image_token_id", "eoi_token_id"):
+            if getattr(config, name, getattr(processor, name)) != getattr(processor, name):
+                raise ValueError(
+                    f"config.{name}={getattr(config, name)} but the tokenizer gives {getattr(processor, name)}; set "
+                    f"config.{name} = processor.{name}"
+                )
+        vocab_size = getattr(getattr(config, "text_config", None), "vocab_size", None)
+        if vocab_size is not None and len(tokenizer) > vocab_size:
+            raise ValueError(
+                f"The tokenizer has {len(tokenizer)} tokens but config.text_config.vocab_size is {vocab_size}; "
+                "resize the model's token embeddings to len(tokenizer)"
+            )
+        return processor
+
+    # ------------------------------------------------------------------ encoding
+    def __call__(self, images=None, text=None, generation_mode: str = "text", **kwargs) -> BatchFeature:
+        r"""
+        Args:
+            images: one image or a list (see `MMARImageProcessor`); one per `<image>` in `text`, in order.
+            text (`str` or `list[str]`): samples; each `<image>` is expanded to the image's token span.
+            generation_mode (`str`): "text" (default), or "image" for image-generation prompts `<bos>text<boi>`,
+                left-padded; no images and no `<image>` allowed then.
+            **kwargs: tokenizer / image-processor options (`padding`, `padding_side`, `truncation`, `max_length`,
+                `return_tensors` (default "pt"), ...). Truncation never cuts an image span: the call fails instead.
+
+        Returns:
+            `BatchFeature` with `input_ids`, `attention_mask` (when text is given) and `pixel_values` (when images are).
+        """
+        if generation_mode not in GENERATION_MODES:
+            raise ValueError(f"generation_mode must be one of {GENERATION_MODES}, got {generation_mode!r}")
+        if text is not None:
+            texts = [text] if isinstance(text, str) else text
+            if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
+                raise ValueError("text must be a string or a non-empty list of strings")
+            if generation_mode == "image":
+                texts = self._image_generation_prompts(texts, images)
+                kwargs["padding_side"] = "left"  # every prompt ends at the same position, where the span starts
+            text = [self._with_bos(t) for t in texts]
+        elif generation_mode == "image":
+            raise ValueError("generation_mode='image' needs text prompts (use '' for the unconditional prompt)")
+        outputs = super().__call__(images=images, text=text, **kwargs)
+        if generation_mode == "image":
+            self._check_prompts_end_with_boi(outputs)
+        return outputs
+
+    def _with_bos(self, text: str) -> str:
+        bos = self.tokenizer.bos_token
+        return text if not bos or text.startswith(bos) else bos + text
+
+    def _image_generation_prompts(self, texts, images) -> list[str]:
+        if images is not None:
+            raise ValueError("generation_mode='image' takes text prompts only; the images are what gets generated")
+        prompts = []
+        for index, prompt in enumerate(texts):
+            body = prompt[: -len(self.boi_token)] if prompt.endswith(self.boi_token) else prompt
+            for token in (self.image_token, self.boi_token, self.img_token, self.eoi_token):
+                if token in body:
+                    raise ValueError(
+                        f"Image-generation prompt {index} contains {token!r}; generation_mode='image' prompts are "
+                        f"plain text (the processor appends {self.boi_token!r}): {prompt!r}"
+                    )
+            prompts.append(body + self.boi_token)
+        return prompts
+
+    def _check_prompts_end_with_boi(self, outputs: BatchFeature):
+        input_ids, attention_mask = outputs["input_ids"], outputs["attention_mask"]
+        for row, (ids, mask) in enumerate(zip(input_ids, attention_mask)):
+            ids, mask = (ids.tolist() if hasattr(ids, "tolist") else ids), (mask.tolist() if hasattr(mask, "tolist") else mask)
+            real = [token for token, keep in zip(ids, mask) if keep]
+            if not real or real[-1] != self.boi_token_id:
+                raise ValueError(
+                    f"Image-generation prompt {row} does not end with {self.boi_token!r} after tokenization "
+                    "(truncated?); raise max_length or shorten the prompt"
+                )
+
+    def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
+        """One image per `<image>` placeholder, over the whole batch, in order."""
+        if images is None and text is None:
+            raise ValueError("MMARProcessor needs text, images, or both")
+        num_images = len(self.image_processor.make_image_list(images)) if images is not None else 0
+        if text is None:
+            return
+        placeholders = [sample.count(self.image_token) for sample in text]
+        if sum(placeholders) != num_images:
+            raise ValueError(
+                f"The text holds {sum(placeholders)} {self.image_token} placeholders (per sample: {placeholders}) but "
+                f"{num_images} images were given; pass exactly one image per {self.image_token}, in order"
+            )
+
+    def _process_images(self, images, **kwargs):
+        processed = self.image_processor(images, **kwargs)
+        return processed, [self.image_span] * len(processed["pixel_values"])
+
+    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        return self.image_span
+
+    def _check_special_mm_tokens(self, text: list[str], text_inputs, modalities: list[str]):
+        """Every image span must survive tokenization whole: `<boi>`, exactly num_image_tokens `<img>`, `<eoi>`."""
+        input_ids = text_inputs["input_ids"]
+        input_ids = input_ids.tolist() if hasattr(input_ids, "tolist") else input_ids
+        for row, (sample, ids) in enumerate(zip(text, input_ids)):
+            expected = sample.count(self.image_span)
+            spans = self.find_image_spans(ids)
+            complete = [
+                (start, end)
+                for start, end in spans
+                if end - start == self.num_image_tokens
+                and start > 0
+                and ids[start - 1] == self.boi_token_id
+                and end < len(ids)
+                and ids[end] == self.eoi_token_id
+            ]
+            if len(complete) != len(spans) or len(complete) != expected:
+                raise ValueError(
+                    f"Sample {row} should hold {expected} whole image span(s) of {self.num_image_tokens + 2} tokens "
+                    f"(<boi> + {self.num_image_tokens} <img> + <eoi>) but {len(complete)} survived tokenization "
+                    f"({len(ids)} tokens): truncation would cut an image. Raise max_length, shorten the text, or "
+                    "disable truncation"
+                )
+
+    def find_image_spans(self, input_ids) -> list[tuple[int, int]]:
+        """[start, end) of every run of `<img>` ids in one sequence."""
+        ids = np.asarray(input_ids)
+        is_image = np.concatenate([[False], ids == self.image_token_id, [False]])
+        edges = np.flatnonzero(np.diff(is_image.astype(np.int8)))
+        return [(int(start), int(end)) for start, end in zip(edges[::2], edges[1::2])]
+
+    # ------------------------------------------------------------------ chat template
+    def apply_chat_template(self, conversation, chat_template=None, generation_mode: str = "text", **kwargs):
+        """`ProcessorMixin.apply_chat_template` with MMAR's directions.
+
+        `generation_mode="text"` (default): with `add_generation_prompt=True` the prompt ends after the user turn
+        (the model writes " answer<eos>"). `generation_mode="image"`: the prompt ends with `<boi>` and is tokenized
+        like `processor(text=..., generation_mode="image")` (left-padded).
+        """
+        if generation_mode not in GENERATION_MODES:
+            raise ValueError(f"generation_mode must be one of {GENERATION_MODES}, got {generation_mode!r}")
+        if chat_template is None and self.chat_template == DEFAULT_CHAT_TEMPLATE:
+            _check_roles(conversation)
+        kwargs.setdefault("image_token", self.image_token)
+        kwargs.setdefault("boi_token", self.boi_token)
+        if generation_mode == "image" and kwargs.get("add_generation_prompt"):
+            kwargs["processor_kwargs"] = {**(kwargs.get("processor_kwargs") or {}), "generation_mode": "image"}
+        return super().apply_chat_template(
+            conversation, chat_template=chat_template, generation_mode=generation_mode, **kwargs
+        )
+
+    # ------------------------------------------------------------------ decoding
+    @property
+    def ignored_token_ids(self) -> set[int]:
+        """Ids that decoding always drops: the image span tokens, the placeholder and padding."""
+        ids = {self.boi_token_id, self.image_token_id, self.eoi_token_id, self.image_placeholder_id}
+        pad = self.tokenizer.pad_token_id
+        if pad is not None and pad not in (self.tokenizer.eos_token_id, self.tokenizer.bos_token_id):
+            ids.add(pad)
+        return ids
+
+    def _drop_image_tokens(self, token_ids: list[int]) -> list[int]:
+        ignored = self.ignored_token_ids
+        return [token for token in token_ids if token not in ignored]
+
+    def decode(self, token_ids, **kwargs) -> str:
+        """Decode one sequence without its image spans and padding (`skip_special_tokens` drops bos/eos too)."""
+        sequences, batched = _as_token_lists(token_ids)
+        if batched:
+            raise ValueError("decode takes one sequence; use batch_decode for a batch")
+        return self.tokenizer.decode(self._drop_image_tokens(sequences[0]), **kwargs)
+
+    def batch_decode(self, sequences, **kwargs) -> list[str]:
+        """Decode a batch ([N, L] tensor/array or list of sequences) without image spans and padding."""
+        sequences, _ = _as_token_lists(sequences)
+        return [self.tokenizer.decode(self._drop_image_tokens(ids), **kwargs) for ids in sequences]
+
+    def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens: bool = True, **kwargs):
+        """`model.generate` output -> text: a list of strings for a batch, a string for one sequence."""
+        sequences, batched = _as_token_lists(generated_outputs)
+        texts = self.batch_decode(sequences, skip_special_tokens=skip_special_tokens, **kwargs)
+        return texts if batched else texts[0]
+
+    def postprocess(self, images, output_type: str = "pil"):
+        """Generated `pixel_values` [N, C, H, W] -> images (see `MMARImageProcessor.postprocess`)."""
+        return self.image_processor.postprocess(images, output_type=output_type)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "pixel_values"]
+
+
+def _check_roles(conversation):
+    """The default template knows two roles; say so before Jinja fails with a TemplateError."""
+    conversations = conversation if conversation and isinstance(conversation[0], (list, tuple)) else [conversation]
+    for messages in conversations:
+        for message in messages:
+            role = message.get("role") if isinstance(message, dict) else getattr(message, "role", None)
+            if role not in ("user", "assistant"):
+                raise ValueError(f"MMAR's chat template supports the roles 'user' and 'assistant', got {role!r}")
+
+
+def _as_token_lists(token_ids) -> tuple[list[list[int]], bool]:
+    """One sequence or a batch (tensor, array, lists) -> (list of int lists, whether it was a batch)."""
+    if hasattr(token_ids, "tolist"):  # torch tensors on any device, numpy arrays
+        token_ids = token_ids.tolist()
+    if isinstance(token_ids, (int, np.integer)):
+        return [[token_ids]], False
+    token_ids = list(token_ids)
+    if token_ids and not isinstance(token_ids[0], (int, np.integer)):  # a batch of sequences
+        return [[int(t) for t in (s.tolist() if hasattr(s, "tolist") else s)] for s in token_ids], True
+    return [[int(t) for t in token_ids]], False
+
+
+__all__ = ["DEFAULT_CHAT_TEMPLATE", "MMARProcessor"]

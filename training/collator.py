@@ -1,0 +1,185 @@
+"""MMARDataCollator: turns dataset rows into MMAR training batches (task mix, image masking, CFG caption dropout).
+
+Each row becomes ONE of two samples (sequence conventions fixed with the processor and the sampler):
+
+- understanding (image -> text): `<bos><image>{question} {answer}<eos>`; the image is fully visible and only
+  ` {answer}<eos>` carries labels.
+- generation (text -> image): `<bos>{caption}<image><eos>`; a random subset of the image's tokens is masked
+  (True in `image_mask`) and gets the diffusion loss; no text labels. With probability `caption_dropout` the
+  caption is the empty prompt, which trains the unconditional branch of classifier-free guidance.
+
+Mask ratio (MAR / MMAR): r ~ normal(mean, std) truncated to [mask_ratio_min, 1]; the first ceil(L * r) tokens of a
+random permutation are masked. `MaskStageCallback` lowers `mask_ratio_min` (0.7 -> 0.0) at the stage-2 step.
+
+Randomness is per row, from `numpy.random.default_rng([seed, epoch, sample_index])`: the same row in the same
+epoch is always processed the same way, whatever the batch, the worker, the process or a resumed run. Rows
+without a `sample_index` fall back to a per-worker generator (reproducible, but not across resumption).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.stats import truncnorm
+
+from .data import decode_image
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class SamplePlan:
+    """What the collator decided for one row."""
+
+    understanding: bool
+    text: str
+    answer_suffix: str | None  # understanding: the labelled tail of `text`
+    image_mask: np.ndarray  # bool [tokens_per_image]
+
+
+class MMARDataCollator:
+    def __init__(
+        self,
+        processor,
+        tokens_per_image: int,
+        understanding_ratio: float = 0.5,
+        mask_ratio_min: float = 0.7,
+        mask_ratio_mean: float = 1.0,
+        mask_ratio_std: float = 0.25,
+        caption_dropout: float = 0.1,
+        seed: int = 0,
+    ):
+        for name, value in (("understanding_ratio", understanding_ratio), ("caption_dropout", caption_dropout)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"MMARDataCollator {name} must be in [0, 1], got {value}")
+        if mask_ratio_std <= 0:
+            raise ValueError(f"MMARDataCollator mask_ratio_std must be > 0, got {mask_ratio_std}")
+        if tokens_per_image < 1:
+            raise ValueError(f"MMARDataCollator tokens_per_image must be >= 1, got {tokens_per_image}")
+        processor_tokens = getattr(processor, "num_image_tokens", tokens_per_image)
+        if processor_tokens != tokens_per_image:
+            raise ValueError(
+                f"The processor expands <image> to {processor_tokens} tokens but tokens_per_image={tokens_per_image}; "
+                "build the processor from the model config (MMARProcessor.from_model_config)"
+            )
+        self.processor = processor
+        self.tokens_per_image = tokens_per_image
+        self.understanding_ratio = understanding_ratio
+        self.mask_ratio_mean = mask_ratio_mean
+        self.mask_ratio_std = mask_ratio_std
+        self.mask_ratio_min = mask_ratio_min  # validated by the property setter
+        self.caption_dropout = caption_dropout
+        self.seed = seed
+        self.epoch = 0
+        self._fallback_rngs: dict[int, np.random.Generator] = {}
+
+    # ------------------------------------------------------------------ policy knobs
+    @property
+    def mask_ratio_min(self) -> float:
+        return self._mask_ratio_min
+
+    @mask_ratio_min.setter
+    def mask_ratio_min(self, value: float):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"MMARDataCollator mask_ratio_min must be in [0, 1], got {value}")
+        self._mask_ratio_min = float(value)
+        self._ratio_distribution = truncnorm(
+            (value - self.mask_ratio_mean) / self.mask_ratio_std,
+            (1.0 - self.mask_ratio_mean) / self.mask_ratio_std,
+            loc=self.mask_ratio_mean,
+            scale=self.mask_ratio_std,
+        )
+
+    def set_epoch(self, epoch: int):
+        """Called at each epoch start (MaskStageCallback): rows are re-masked differently every epoch."""
+        self.epoch = int(epoch)
+
+    @property
+    def image_token(self) -> str:
+        return getattr(self.processor, "image_token", None) or "<image>"
+
+    @property
+    def eos_token(self) -> str:
+        return self.processor.tokenizer.eos_token or ""
+
+    # ------------------------------------------------------------------ randomness
+    def _row_rng(self, example: dict) -> np.random.Generator:
+        index = example.get("sample_index")
+        if index is not None:
+            return np.random.default_rng([self.seed, self.epoch, int(index)])
+        worker = torch.utils.data.get_worker_info()
+        worker_id = worker.id if worker is not None else -1
+        if worker_id not in self._fallback_rngs:  # each worker process gets its own stream
+            self._fallback_rngs[worker_id] = np.random.default_rng([self.seed, worker_id + 1, 2**31])
+        return self._fallback_rngs[worker_id]
+
+    def sample_mask_ratio(self, rng: np.random.Generator) -> float:
+        return float(self._ratio_distribution.rvs(random_state=rng))
+
+    def sample_image_mask(self, rng: np.random.Generator) -> np.ndarray:
+        """Mask the first ceil(L * r) tokens of a random permutation of the image's L tokens."""
+        length = self.tokens_per_image
+        ratio = self.sample_mask_ratio(rng)
+        order = rng.permutation(length)
+        mask = np.zeros(length, dtype=bool)
+        mask[order[: math.ceil(length * ratio)]] = True
+        return mask
+
+    def plan(self, example: dict) -> SamplePlan:
+        """Decide task, text and image mask for one row (the fixed order of random draws keeps it reproducible)."""
+        rng = self._row_rng(example)
+        understanding = bool(rng.random() < self.understanding_ratio)
+        eos = self.eos_token
+        if understanding:
+            question, answer = example.get("question") or "", example.get("answer")
+            if answer is None:
+                answer = example["caption"]
+            suffix = f" {answer}{eos}" if question else f"{answer}{eos}"
+            return SamplePlan(True, f"{self.image_token}{question}{suffix}", suffix,
+                              np.zeros(self.tokens_per_image, dtype=bool))
+        drop_caption = bool(rng.random() < self.caption_dropout)
+        caption = "" if drop_caption else example["caption"]
+        return SamplePlan(False, f"{caption}{self.image_token}{eos}", None, self.sample_image_mask(rng))
+
+    # ------------------------------------------------------------------ batching
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        if not examples:
+            raise ValueError("MMARDataCollator got an empty batch")
+        plans = [self.plan(example) for example in examples]
+        images = [
+            decode_image(example["image"], where=f"row sample_index={example.get('sample_index')}")
+            for example in examples
+        ]
+        batch = self.processor(
+            text=[p.text for p in plans], images=images, padding=True, padding_side="right", return_tensors="pt"
+        )
+        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+        labels = torch.full_like(input_ids, IGNORE_INDEX)
+        answer_ids = self.processor.tokenizer(
+            [p.answer_suffix or "" for p in plans], add_special_tokens=False
+        )["input_ids"]
+        lengths = attention_mask.sum(dim=1).tolist()
+        for row, (p, ids) in enumerate(zip(plans, answer_ids)):
+            if not p.understanding:
+                continue
+            end = lengths[row]  # right padding: the row's real tokens are [0, end)
+            start = end - len(ids)
+            if input_ids[row, start:end].tolist() != list(ids):
+                raise ValueError(
+                    f"Could not find the answer {p.answer_suffix!r} as the last tokens of {p.text!r}: the tokenizer "
+                    "merges the answer with the question; end questions with punctuation or a space"
+                )
+            labels[row, start:end] = input_ids[row, start:end]
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "pixel_values": batch["pixel_values"],
+            "image_mask": torch.from_numpy(np.stack([p.image_mask for p in plans])),
+            "labels": labels,
+        }
+
+
+__all__ = ["IGNORE_INDEX", "MMARDataCollator", "SamplePlan"]

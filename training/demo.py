@@ -1,0 +1,263 @@
+"""`mmar demo`: train the embedded tiny MMAR on real handwritten digits (CPU, minutes) and measure what it learned.
+
+On the held-out digits (never trained on) it reports
+- caption accuracy: the model captions each held-out image ("What digit is this?" -> "seven");
+- generated-digit accuracy: images generated for every digit 0-9 with several seeds, read by an independent
+  judge (an SVC trained on the train split only, see training/judge.py);
+- digit-FD: Frechet distance in the judge's feature space between the generated and the held-out digits, beside
+  the floor (real train digits vs held-out) and the ceiling (uniform noise images).
+and writes metrics.json, samples.png, heldout_predictions.png, loss.png and model/ into the output folder. The run
+is assembled in a hidden temporary folder next to it and moved into place at the very end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data import DIGIT_WORDS, DIGITS_QUESTION, digit_caption, digits_arrays
+from .plots import plot_captioned_images, plot_digit_grid, plot_loss
+from .run_config import DEFAULT_CONFIG, load_config
+from .train import build_run, save_trained
+
+METRICS_DIR = Path(__file__).resolve().parent / "metrics"
+TARGETS = {"caption_accuracy": 0.95, "generated_digit_accuracy": 0.90}
+DEMO_MARKER = "mmar_demo"  # key in metrics.json: a folder holding it may be replaced by the next demo
+EVALUATION_DEFAULTS = {
+    "seeds_per_digit": 10,
+    "num_iter": 16,
+    "guidance_scale": 3.0,
+    "guidance_schedule": "linear",
+    "temperature": 1.0,
+    "num_inference_steps": 50,
+    "max_new_tokens": 4,
+    "batch_size": 100,
+}
+HELDOUT_FIGURE_IMAGES = 50
+
+
+def load_metric(name: str):
+    import evaluate
+
+    return evaluate.load(str(METRICS_DIR / name))
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+@torch.no_grad()
+def caption_heldout(model, processor, heldout, batch_size: int, max_new_tokens: int) -> list[str]:
+    """Greedy answers to "What digit is this?" for every held-out image."""
+    answers = []
+    for start in tqdm(range(0, len(heldout), batch_size), desc="captioning held-out digits"):
+        rows = heldout[start : start + batch_size]
+        inputs = processor(text=[f"{processor.image_token}{DIGITS_QUESTION}"] * len(rows["image"]),
+                           images=rows["image"], padding=True, padding_side="left", return_tensors="pt")
+        inputs.pop("token_type_ids", None)
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        answers += processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    return [a.strip() for a in answers]
+
+
+@torch.no_grad()
+def generate_digits(model, processor, evaluation: dict) -> tuple[torch.Tensor, np.ndarray]:
+    """Images [10 * seeds, C, H, W] in [0, 1] for "a handwritten zero".."nine", seeds 0..seeds-1 each."""
+    seeds = evaluation["seeds_per_digit"]
+    digits = np.repeat(np.arange(10), seeds)
+    prompts = [digit_caption(int(d)) for d in digits]
+    generators = [torch.Generator().manual_seed(int(s)) for s in np.tile(np.arange(seeds), 10)]
+    images = []
+    batch = evaluation["batch_size"]
+    for start in tqdm(range(0, len(prompts), batch), desc="generating digits"):
+        inputs = processor(text=prompts[start : start + batch], generation_mode="image", return_tensors="pt")
+        images.append(model.generate(
+            **inputs, generation_mode="image", num_iter=evaluation["num_iter"],
+            guidance_scale=evaluation["guidance_scale"], guidance_schedule=evaluation["guidance_schedule"],
+            temperature=evaluation["temperature"], num_inference_steps=evaluation["num_inference_steps"],
+            generator=generators[start : start + batch], output_type="pt", show_progress=False,
+        ))
+    return torch.cat(images).float(), digits
+
+
+def _gray(images) -> np.ndarray:
+    """[N, C, H, W] in [0, 1] -> [N, H, W] grayscale for the judge-based metrics."""
+    array = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    return array.mean(axis=1) if array.ndim == 4 else array
+
+
+def evaluate_run(model, processor, heldout, evaluation: dict, seed: int) -> tuple[dict, dict]:
+    """(metrics, artefacts) of a trained model on the held-out digits."""
+    model.eval()
+    answers = caption_heldout(model, processor, heldout, evaluation["batch_size"], evaluation["max_new_tokens"])
+    labels = list(heldout["label"])
+    caption = load_metric("caption_accuracy").compute(predictions=answers, references=labels)
+
+    images, digits = generate_digits(model, processor, evaluation)
+    generated = _gray(images)
+    accuracy = load_metric("generated_digit_accuracy").compute(
+        predictions=generated, references=digits.tolist(), judge_seed=seed)
+
+    fd = load_metric("digit_fd")
+    real, _, train_idx, _ = digits_arrays(seed)
+    noise = np.random.default_rng(seed).random((len(generated),) + generated.shape[1:])
+    metrics = {
+        "caption_accuracy": caption["caption_accuracy"],
+        "generated_digit_accuracy": accuracy["generated_digit_accuracy"],
+        "per_digit_generated_accuracy": {DIGIT_WORDS[d]: v for d, v in accuracy["per_digit_accuracy"].items()},
+        "judge_heldout_accuracy": accuracy["judge_heldout_accuracy"],
+        "digit_fd": fd.compute(predictions=generated, judge_seed=seed)["digit_fd"],
+        "digit_fd_floor_train_vs_heldout": fd.compute(predictions=real[train_idx] / 16.0, judge_seed=seed)["digit_fd"],
+        "digit_fd_ceiling_noise": fd.compute(predictions=noise, judge_seed=seed)["digit_fd"],
+        "num_heldout_images": len(labels),
+        "num_generated_images": len(generated),
+    }
+    artefacts = {"answers": answers, "labels": labels, "images": images, "digits": digits}
+    return metrics, artefacts
+
+
+# ------------------------------------------------------------------------------------------------ output folder
+def check_output_dir(output: Path) -> None:
+    """Refuse to replace a folder that is not empty and not a previous demo's output."""
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"--output-dir {str(output)!r} exists and is not a folder")
+    if output.is_dir() and any(output.iterdir()):
+        metrics = output / "metrics.json"
+        try:
+            is_demo = DEMO_MARKER in json.loads(metrics.read_text())
+        except (OSError, ValueError):
+            is_demo = False
+        if not is_demo:
+            raise ValueError(f"--output-dir {str(output)!r} is not empty and does not hold a previous demo's output; "
+                             "choose another folder (it is replaced only when it holds an older mmar demo)")
+
+
+def move_into_place(partial: Path, output: Path) -> None:
+    """Swap the finished temporary folder in (the old demo output, if any, goes only after the swap)."""
+    old = None
+    if output.exists():
+        old = output.with_name(f".{output.name}.old-{os.getpid()}")
+        output.rename(old)
+    partial.rename(output)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def format_table(metrics: dict) -> str:
+    rows = [
+        ("held-out caption accuracy", f"{metrics['caption_accuracy']:.1%}", f">= {TARGETS['caption_accuracy']:.0%}"),
+        ("generated-digit accuracy (judge)", f"{metrics['generated_digit_accuracy']:.1%}",
+         f">= {TARGETS['generated_digit_accuracy']:.0%}"),
+        ("digit-FD generated vs held-out", f"{metrics['digit_fd']:.2f}", "lower is better"),
+        ("digit-FD floor: real train vs held-out", f"{metrics['digit_fd_floor_train_vs_heldout']:.2f}", ""),
+        ("digit-FD ceiling: noise vs held-out", f"{metrics['digit_fd_ceiling_noise']:.2f}", ""),
+        ("judge accuracy on real held-out digits", f"{metrics['judge_heldout_accuracy']:.1%}", ""),
+        ("training steps / seconds", f"{metrics['train_steps']} / {metrics['train_seconds']:.0f}", ""),
+        ("total wall time", f"{metrics['total_seconds']:.0f} s", "<= 600 s on 2 CPU cores"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'metric':<{width}}  {'value':>10}  target", "-" * (width + 30)]
+    lines += [f"{name:<{width}}  {value:>10}  {target}" for name, value, target in rows]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ the demo
+def run_demo(output_dir: str = "./mmar-demo", config_path: str | Path = DEFAULT_CONFIG, overrides=(),
+             max_steps: int | None = None, time_budget: float | None = None) -> dict:
+    """Train, evaluate, write every artefact; return the metrics. See the module docstring."""
+    start = time.monotonic()
+    config = load_config(config_path, list(overrides))
+    training = config.setdefault("training", {})
+    if max_steps is not None:
+        if max_steps < 1:
+            raise ValueError(f"--max-steps must be >= 1, got {max_steps}")
+        training["max_steps"] = max_steps
+    if time_budget is not None:
+        config["time_budget"] = time_budget
+    if (config.get("data") or {}).get("dataset", "digits") != "digits":
+        raise ValueError("mmar demo measures digits (caption and generated-digit accuracy): data.dataset must be "
+                         "'digits'; use `mmar train` for other datasets")
+    evaluation = {**EVALUATION_DEFAULTS, **(config.get("evaluation") or {})}
+    seed = int(config.get("seed", 0))
+
+    output = Path(output_dir).expanduser().resolve()
+    check_output_dir(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    try:
+        run = build_run(config, output_dir=str(partial / "trainer"))
+        train_start = time.monotonic()
+        run.trainer.train()
+        train_seconds = time.monotonic() - train_start
+        save_trained(run, partial / "model")
+        shutil.rmtree(partial / "trainer", ignore_errors=True)
+
+        metrics, artefacts = evaluate_run(run.model, run.processor, run.eval_dataset, evaluation, seed)
+        metrics.update(
+            train_steps=run.trainer.state.global_step,
+            train_seconds=train_seconds,
+            stopped_by_time_budget=run.time_budget.stopped_at_step is not None,
+            total_seconds=time.monotonic() - start,
+            torch_threads=torch.get_num_threads(),
+            targets=TARGETS,
+            targets_met={k: metrics[k] >= v for k, v in TARGETS.items()},
+            evaluation=evaluation,
+        )
+        metrics[DEMO_MARKER] = {"config": str(config_path), "overrides": list(overrides), "model_dir": "model"}
+        write_artefacts(partial, run, metrics, artefacts, evaluation)
+        metrics["total_seconds"] = time.monotonic() - start
+        (partial / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        move_into_place(partial, output)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # never leave a complete-looking folder behind
+        raise
+    return metrics
+
+
+def write_artefacts(folder: Path, run, metrics: dict, artefacts: dict, evaluation: dict) -> None:
+    seeds = evaluation["seeds_per_digit"]
+    images = artefacts["images"]
+    plot_digit_grid(images.reshape(10, seeds, *images.shape[1:]), str(folder / "samples.png"),
+                    [f"{d} {DIGIT_WORDS[d]}" for d in range(10)],
+                    title=f"generated digits, one row per digit, {seeds} seeds "
+                          f"(judge accuracy {metrics['generated_digit_accuracy']:.0%})")
+    count = min(HELDOUT_FIGURE_IMAGES, len(artefacts["labels"]))
+    heldout_images = [np.asarray(im, np.float32) / 255.0 for im in run.eval_dataset[:count]["image"]]
+    correct = [DIGIT_WORDS[label] in answer.split()[:1] for label, answer in
+               zip(artefacts["labels"][:count], artefacts["answers"][:count])]
+    plot_captioned_images(heldout_images, artefacts["answers"][:count], correct, str(folder / "heldout_predictions.png"),
+                          title=f"held-out digits with the model's answers "
+                                f"(accuracy on all {len(artefacts['labels'])}: {metrics['caption_accuracy']:.1%})")
+    plot_loss(run.trainer.state.log_history, str(folder / "loss.png"), title="MMAR on handwritten digits")
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    metrics = run_demo(args.output_dir, args.config, args.overrides, args.max_steps, args.time_budget)
+    print()
+    print(format_table(metrics))
+    print(f"\nWrote metrics.json, samples.png, heldout_predictions.png, loss.png and model/ to "
+          f"{Path(args.output_dir).resolve()}")
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="train the tiny default on handwritten digits (CPU) and report what it learned",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output-dir", default="./mmar-demo", help="where the results go (default ./mmar-demo)")
+    parser.add_argument("--max-steps", type=int, default=None, help="training steps (default: the config's)")
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="stop training cleanly after this many seconds (evaluation still runs)")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="run config YAML (default: digits.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="config overrides, e.g. model.head_width=256 training.max_steps=4000")
+    parser.set_defaults(func=run_demo_command)
+
+
+__all__ = ["TARGETS", "evaluate_run", "format_table", "run_demo"]

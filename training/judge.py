@@ -1,0 +1,105 @@
+"""The independent digit judge: scikit-learn models trained only on the digits' train split.
+
+- `predict(images)`: an RBF SVC classifier (about 99 % accurate on the held-out split).
+- `features(images)`: the 64 ReLU hidden units of a small MLPClassifier, the feature space of digit-FD.
+
+Nothing is loaded from disk: both models are retrained deterministically (about 2 s) and cached in memory.
+Images are grayscale arrays in [0, 1] (ink = 1), shaped [N, H, W] or [N, 1, H, W], any H = W (resized to 8x8).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import linalg
+
+from .data import digits_arrays
+
+JUDGE_IMAGE_SIZE = 8
+
+
+def to_judge_inputs(images) -> np.ndarray:
+    """[N, H, W] / [N, 1, H, W] images in [0, 1] (numpy, torch or nested lists) -> [N, 64] floats in [0, 1]."""
+    if hasattr(images, "detach"):  # torch tensor
+        images = images.detach().float().cpu().numpy()
+    array = np.asarray(images, dtype=np.float64)
+    if array.ndim == 4:
+        if array.shape[1] == 3:  # RGB -> luminance
+            array = np.tensordot(np.array([0.299, 0.587, 0.114]), array, axes=([0], [1]))
+        elif array.shape[1] == 1:
+            array = array[:, 0]
+        else:
+            raise ValueError(f"images must have 1 or 3 channels, got shape {array.shape}")
+    if array.ndim != 3 or array.shape[1] != array.shape[2]:
+        raise ValueError(f"images must be square, shaped [N, H, W] or [N, C, H, W]; got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError("images contain NaN or inf")
+    size = array.shape[1]
+    if size != JUDGE_IMAGE_SIZE:
+        import torch
+
+        resized = torch.nn.functional.interpolate(
+            torch.from_numpy(array).unsqueeze(1), size=(JUDGE_IMAGE_SIZE, JUDGE_IMAGE_SIZE), mode="area"
+        )
+        array = resized[:, 0].numpy()
+    return np.clip(array, 0.0, 1.0).reshape(len(array), -1)
+
+
+@dataclass
+class DigitJudge:
+    classifier: object  # sklearn SVC
+    feature_model: object  # sklearn MLPClassifier; its hidden layer gives the features
+    heldout_accuracy: float
+    feature_heldout_accuracy: float
+
+    def predict(self, images) -> np.ndarray:
+        """Digit (0-9) that the judge reads in each image."""
+        return self.classifier.predict(to_judge_inputs(images))
+
+    def features(self, images) -> np.ndarray:
+        """[N, 64] hidden activations of the judge's MLP (ReLU(x W + b))."""
+        x = to_judge_inputs(images)
+        return np.maximum(x @ self.feature_model.coefs_[0] + self.feature_model.intercepts_[0], 0.0)
+
+
+def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets:
+    |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2))."""
+    features_a, features_b = np.asarray(features_a, np.float64), np.asarray(features_b, np.float64)
+    if len(features_a) < 2 or len(features_b) < 2:
+        raise ValueError("frechet_distance needs at least 2 samples on each side")
+    mu_a, mu_b = features_a.mean(0), features_b.mean(0)
+    cov_a = np.atleast_2d(np.cov(features_a, rowvar=False))
+    cov_b = np.atleast_2d(np.cov(features_b, rowvar=False))
+    # Tr (S_a S_b)^(1/2) = sum of sqrt(eigenvalues of S_a^(1/2) S_b S_a^(1/2)), a symmetric PSD matrix: this
+    # stays exact when a covariance is singular (dead ReLU units), where a general sqrtm is unstable.
+    eigenvalues, eigenvectors = linalg.eigh(cov_a)
+    sqrt_a = (eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T
+    product_eigenvalues = linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a)
+    trace_covmean = np.sqrt(np.clip(product_eigenvalues, 0.0, None)).sum()
+    distance = np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2.0 * trace_covmean
+    return float(max(distance, 0.0))
+
+
+@functools.lru_cache(maxsize=4)
+def get_judge(seed: int = 0) -> DigitJudge:
+    """Train (once per process and seed) the judge on the digits' train split; report held-out accuracy."""
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.svm import SVC
+
+    images, y, train_idx, heldout_idx = digits_arrays(seed)  # the training data's split: held-out never fitted
+    x = images.reshape(len(images), -1) / 16.0
+    classifier = SVC(C=10.0, gamma="scale").fit(x[train_idx], y[train_idx])
+    feature_model = MLPClassifier(hidden_layer_sizes=(64,), alpha=1e-3, max_iter=500, random_state=seed)
+    feature_model.fit(x[train_idx], y[train_idx])
+    return DigitJudge(
+        classifier=classifier,
+        feature_model=feature_model,
+        heldout_accuracy=float(classifier.score(x[heldout_idx], y[heldout_idx])),
+        feature_heldout_accuracy=float(feature_model.score(x[heldout_idx], y[heldout_idx])),
+    )
+
+
+__all__ = ["DigitJudge", "frechet_distance", "get_judge", "to_judge_inputs"]

@@ -1,0 +1,156 @@
+"""Run configs: YAML files with sections, dotted `key=value` overrides, and checks that name unknown keys.
+
+    seed: 0
+    data:          {dataset: digits | <imagefolder dir or datasets name>, image_column, caption_column, ...}
+    model:         MMARConfig fields (text_config: any causal-LM config dict)
+    collator:      MMARDataCollator options (understanding_ratio, mask_ratio_min, caption_dropout, ...)
+    mask_schedule: {stage2_start_step, stage2_mask_ratio_min}
+    training:      transformers.TrainingArguments fields
+    evaluation:    how `mmar demo` samples and scores (num_iter, guidance_scale, seeds_per_digit, ...)
+    time_budget:   seconds of training after which it stops cleanly (null = no limit)
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import re
+from pathlib import Path
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "digits.yaml"
+
+DATA_KEYS = {
+    "dataset": "'digits' (embedded) or an imagefolder directory / datasets name or path",
+    "image_size": "digits only: size the 8x8 digits are brought to (default: model.image_size)",
+    "image_column": "image column of a generic dataset",
+    "caption_column": "caption column of a generic dataset",
+    "split": "training split of a generic dataset",
+    "eval_split": "held-out split of a generic dataset (null: hold out eval_fraction of the training split)",
+    "eval_fraction": "fraction held out when there is no eval_split",
+    "streaming": "stream a generic dataset instead of downloading / preparing it",
+    "tokenizer": "null: train a tokenizer on the dataset's text; else a tokenizer path to load",
+    "max_corpus_texts": "number of captions read to build the tokenizer of a streamed dataset",
+}
+MASK_SCHEDULE_KEYS = {
+    "stage2_start_step": "optimizer step from which mask ratios go down to stage2_mask_ratio_min (null: never)",
+    "stage2_mask_ratio_min": "lower bound of the mask ratio in stage 2 (MMAR: 0.0)",
+}
+EVALUATION_KEYS = {
+    "seeds_per_digit": "generated images per digit",
+    "num_iter": "masked-AR steps",
+    "guidance_scale": "classifier-free guidance scale",
+    "guidance_schedule": "'linear' or 'constant'",
+    "temperature": "diffusion sampling temperature",
+    "num_inference_steps": "diffusion steps per token",
+    "max_new_tokens": "caption length limit",
+    "batch_size": "images generated / captioned per batch",
+}
+TOP_LEVEL_KEYS = ("seed", "data", "model", "collator", "mask_schedule", "training", "evaluation", "time_budget")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-3` as a string; this loader reads it as the float a user means."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)$|^[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?$"),
+    list("-+0123456789."),
+)
+
+
+def parse_value(text: str):
+    """`key=value` override values are YAML scalars: 3, 1e-3, true, null, [1, 2], {a: 1}, plain strings."""
+    return yaml.load(text, Loader=_Loader) if text != "" else ""
+
+
+def load_config(path: str | Path = DEFAULT_CONFIG, overrides: list[str] | None = None) -> dict:
+    """Read a run config, apply `a.b.c=value` overrides, check every key, and return it as a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"Config file {str(path)!r} does not exist")
+    with open(path, encoding="utf-8") as f:
+        config = yaml.load(f, Loader=_Loader) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"Config file {str(path)!r} must hold a mapping of sections, got {type(config).__name__}")
+    config = apply_overrides(config, overrides or [])
+    validate_config(config, source=str(path))
+    return config
+
+
+def apply_overrides(config: dict, overrides: list[str]) -> dict:
+    config = copy.deepcopy(config)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"Override {item!r} must look like section.key=value (e.g. training.max_steps=100)")
+        dotted, value = item.split("=", 1)
+        keys = dotted.strip().split(".")
+        if not all(keys):
+            raise ValueError(f"Override {item!r} has an empty key")
+        node = config
+        for depth, key in enumerate(keys[:-1]):
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                raise ValueError(f"Override {item!r}: {'.'.join(keys[: depth + 1])} is a value, not a section")
+            node = child
+        node[keys[-1]] = parse_value(value)
+    return config
+
+
+def _allowed_model_keys() -> set[str]:
+    from modeling_mmar import MMARConfig
+
+    keys = {f.name for f in dataclasses.fields(MMARConfig)}
+    return keys | set(inspect.signature(MMARConfig.__init__).parameters) - {"self", "kwargs"}
+
+
+def _allowed_collator_keys() -> set[str]:
+    from .collator import MMARDataCollator
+
+    params = set(inspect.signature(MMARDataCollator.__init__).parameters)
+    return params - {"self", "processor", "tokens_per_image", "seed"}
+
+
+def _allowed_training_keys() -> set[str]:
+    from transformers import TrainingArguments
+
+    return {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+
+
+def _check_keys(section: str, values, allowed, hint: str = "") -> None:
+    if values is None:
+        return
+    if not isinstance(values, dict):
+        raise ValueError(f"Config section {section!r} must be a mapping, got {type(values).__name__}")
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        known = ", ".join(sorted(allowed)) if len(allowed) < 40 else hint
+        raise ValueError(f"Unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)} in the config; "
+                         f"known {section} keys: {known}")
+
+
+def validate_config(config: dict, source: str = "config") -> None:
+    unknown = sorted(set(config) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise ValueError(f"Unknown section(s) {unknown} in {source}; known sections: {', '.join(TOP_LEVEL_KEYS)}")
+    _check_keys("data", config.get("data"), DATA_KEYS)
+    _check_keys("model", config.get("model"), _allowed_model_keys(), "the fields of MMARConfig")
+    _check_keys("collator", config.get("collator"), _allowed_collator_keys())
+    _check_keys("mask_schedule", config.get("mask_schedule"), MASK_SCHEDULE_KEYS)
+    _check_keys("training", config.get("training"), _allowed_training_keys(),
+                "the fields of transformers.TrainingArguments")
+    _check_keys("evaluation", config.get("evaluation"), EVALUATION_KEYS)
+    budget = config.get("time_budget")
+    if budget is not None and (not isinstance(budget, (int, float)) or budget <= 0):
+        raise ValueError(f"time_budget must be a positive number of seconds or null, got {budget!r}")
+    if not isinstance(config.get("seed", 0), int):
+        raise ValueError(f"seed must be an integer, got {config.get('seed')!r}")
+
+
+__all__ = ["CONFIG_DIR", "DEFAULT_CONFIG", "apply_overrides", "load_config", "parse_value", "validate_config"]

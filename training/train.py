@@ -1,0 +1,298 @@
+"""`mmar train --config training/configs/digits.yaml [section.key=value ...]`: train MMAR with transformers' Trainer.
+
+The run builds a tokenizer from the data's text, the model from the config's `model` section, the processor from
+the model config, the datasets and the collator, then trains with `transformers.Trainer`, logging text and image
+losses separately and evaluating on the held-out split. The output folder (`training.output_dir`) holds the model,
+the processor and the scheduler (`AutoModelForImageTextToText`, `AutoProcessor` and `MMARPipeline` load it) and
+`loss.png`. Multi-process: `accelerate launch --config_file training/configs/accelerate/ddp.yaml -m training.train
+--config ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainingArguments, set_seed
+
+from .callbacks import MaskStageCallback, TimeBudgetCallback
+from .collator import MMARDataCollator
+from .data import digits_corpus, load_digits_dataset, load_image_text_dataset
+from .plots import plot_loss
+from .run_config import DEFAULT_CONFIG, load_config
+
+LOSS_PARTS = ("text_loss", "image_loss")
+# TrainingArguments defaults of a run unless the config sets them.
+TRAINING_DEFAULTS = {
+    "remove_unused_columns": False,  # rows hold raw images and text: the collator does all processing
+    "report_to": "none",
+    "prediction_loss_only": True,  # evaluation needs the losses only (no logits kept)
+}
+
+
+class MMARTrainer(Trainer):
+    """`Trainer` that logs MMAR's text and image losses beside the total, for training and evaluation, and uses
+    its own (fixed-seed) collator for evaluation so that held-out losses are comparable along the run."""
+
+    def __init__(self, *args, eval_data_collator=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eval_data_collator = eval_data_collator
+        self._loss_sums = {"train": defaultdict(float), "eval": defaultdict(float)}
+        self._loss_counts = {"train": defaultdict(int), "eval": defaultdict(int)}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        split = "train" if model.training else "eval"
+        for name in LOSS_PARTS:
+            value = outputs.get(name) if isinstance(outputs, dict) else None
+            if value is not None:
+                self._loss_sums[split][name] += float(value.detach().float())
+                self._loss_counts[split][name] += 1
+        return (loss, outputs) if return_outputs else loss
+
+    def _drain_loss_parts(self, split: str) -> dict[str, float]:
+        """Mean of each loss part since the last call, over every process (all processes must call this)."""
+        sums, counts = self._loss_sums[split], self._loss_counts[split]
+        values = torch.tensor([[sums[n], counts[n]] for n in LOSS_PARTS], dtype=torch.float64,
+                              device=self.args.device)
+        if self.accelerator.num_processes > 1:
+            values = self.accelerator.reduce(values, reduction="sum")
+        sums.clear()
+        counts.clear()
+        return {name: float(s / c) for name, (s, c) in zip(LOSS_PARTS, values.tolist()) if c > 0}
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log: add the parts accumulated since the previous one
+            logs.update(self._drain_loss_parts("train"))
+        super().log(logs, start_time)
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        self._drain_loss_parts("eval")  # forget anything not from this evaluation
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                         metric_key_prefix)
+        for name, value in self._drain_loss_parts("eval").items():
+            output.metrics[f"{metric_key_prefix}_{name}"] = value
+        return output
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        if self.eval_data_collator is None:
+            return super().get_eval_dataloader(eval_dataset)
+        train_collator, self.data_collator = self.data_collator, self.eval_data_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collator
+
+
+@dataclass
+class TrainingRun:
+    """Everything a run builds; `run.trainer.train()` trains it."""
+
+    config: dict
+    tokenizer: object
+    model: object
+    processor: object
+    train_dataset: object
+    eval_dataset: object
+    collator: MMARDataCollator
+    trainer: MMARTrainer
+    time_budget: TimeBudgetCallback
+    extras: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------ building blocks
+def build_datasets(data_config: dict, image_size: int, seed: int):
+    """(train, held-out, tokenizer corpus) for the config's `data` section."""
+    name = data_config.get("dataset", "digits")
+    if name == "digits":
+        splits = load_digits_dataset(image_size=data_config.get("image_size") or image_size, seed=seed)
+        return splits["train"], splits["heldout"], digits_corpus()
+    common = dict(image_column=data_config.get("image_column", "image"),
+                  caption_column=data_config.get("caption_column", "text"),
+                  streaming=bool(data_config.get("streaming", False)))
+    train = load_image_text_dataset(name, split=data_config.get("split", "train"), **common)
+    if data_config.get("eval_split"):
+        heldout = load_image_text_dataset(name, split=data_config["eval_split"], **common)
+    elif common["streaming"]:
+        raise ValueError("A streamed dataset needs data.eval_split (a held-out split cannot be carved from a stream)")
+    else:
+        parts = train.train_test_split(test_size=data_config.get("eval_fraction", 0.1), seed=seed)
+        train, heldout = parts["train"], parts["test"]
+    if common["streaming"]:
+        limit = int(data_config.get("max_corpus_texts", 10000))
+        corpus = [row["caption"] for _, row in zip(range(limit), train)]
+    else:
+        corpus = list(train["caption"])
+    return train, heldout, corpus + ["What is in the image?"]
+
+
+def build_tokenizer_for(data_config: dict, corpus: list[str]):
+    from processors import build_tokenizer
+
+    if data_config.get("tokenizer"):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(data_config["tokenizer"])
+    return build_tokenizer(corpus)
+
+
+def _token_id(tokenizer, token: str) -> int:
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if token_id is None or token_id == tokenizer.unk_token_id and token != tokenizer.unk_token:
+        raise ValueError(f"The tokenizer has no {token} token: build it with processors.build_tokenizer")
+    return int(token_id)
+
+
+def build_model_config(model_config: dict, tokenizer):
+    """MMARConfig from the `model` section, with vocabulary size and special-token ids taken from the tokenizer."""
+    from modeling_mmar import MMARConfig
+
+    model_config = dict(model_config or {})
+    text_config = dict(model_config.pop("text_config", None) or {})
+    text_config.setdefault("model_type", "qwen2")
+    text_config.update(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return MMARConfig(
+        text_config=text_config,
+        boi_token_id=_token_id(tokenizer, "<boi>"),
+        image_token_id=_token_id(tokenizer, "<img>"),
+        eoi_token_id=_token_id(tokenizer, "<eoi>"),
+        **model_config,
+    )
+
+
+def build_training_arguments(training_config: dict, output_dir: str | None = None) -> TrainingArguments:
+    kwargs = {**TRAINING_DEFAULTS, **(training_config or {})}
+    if output_dir is not None:
+        kwargs["output_dir"] = output_dir
+    if not kwargs.get("output_dir"):
+        raise ValueError("training.output_dir is not set (where checkpoints and the trained model go)")
+    if kwargs.get("remove_unused_columns"):
+        raise ValueError("training.remove_unused_columns must be false: the collator needs the raw image and text")
+    kwargs.pop("resume_from_checkpoint", None)  # an argument of Trainer.train, handled by train()
+    return TrainingArguments(**kwargs)
+
+
+def build_run(config: dict, output_dir: str | None = None) -> TrainingRun:
+    """Build tokenizer, model, processor, data, collator and Trainer from a validated config dict."""
+    from modeling_mmar import MMARForConditionalGeneration
+    from processors import MMARProcessor
+
+    seed = int(config.get("seed", 0))
+    data_config = config.get("data") or {}
+    model_section = config.get("model") or {}
+    train_dataset, eval_dataset, corpus = build_datasets(data_config, model_section.get("image_size", 8), seed)
+    tokenizer = build_tokenizer_for(data_config, corpus)
+    model_config = build_model_config(model_section, tokenizer)
+    set_seed(seed)  # the model's initial weights depend on the seed only
+    model = MMARForConditionalGeneration(model_config)
+    processor = MMARProcessor.from_model_config(model_config, tokenizer=tokenizer)
+
+    collator_config = dict(config.get("collator") or {})
+    collator = MMARDataCollator(processor, model_config.tokens_per_image, seed=seed, **collator_config)
+    schedule = config.get("mask_schedule") or {}
+    stage_callback = MaskStageCallback(collator, schedule.get("stage2_start_step"),
+                                       schedule.get("stage2_mask_ratio_min", 0.0))
+    # Held-out losses: the final stage's masking, one fixed draw per row (epoch 0, a different seed).
+    eval_collator = MMARDataCollator(processor, model_config.tokens_per_image, seed=seed + 1, **{
+        **collator_config, "mask_ratio_min": stage_callback.mask_ratio_min_at(10**12)})
+
+    args = build_training_arguments(config.get("training"), output_dir)
+    time_budget = TimeBudgetCallback(config.get("time_budget"))
+    trainer = MMARTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset if args.eval_strategy != "no" else None,
+        data_collator=collator,
+        eval_data_collator=eval_collator,
+        processing_class=processor,
+        callbacks=[stage_callback, time_budget],
+    )
+    return TrainingRun(config, tokenizer, model, processor, train_dataset, eval_dataset, collator, trainer,
+                       time_budget)
+
+
+def save_scheduler(model_config, output_dir: str | Path) -> None:
+    """The sampling scheduler of this model's diffusion process, in `output_dir/scheduler` (pipeline layout)."""
+    from modeling_mmar import MMARScheduler
+
+    MMARScheduler(
+        num_train_timesteps=model_config.num_train_timesteps,
+        beta_schedule=model_config.noise_schedule,
+        prediction_type=model_config.prediction_type,
+    ).save_pretrained(os.path.join(output_dir, "scheduler"))
+
+
+def save_trained(run: TrainingRun, output_dir: str | Path) -> None:
+    """Model + processor (+ scheduler) in one folder; loss curve and log history beside them (main process only)."""
+    run.trainer.save_model(str(output_dir))
+    if not run.trainer.is_world_process_zero():
+        return
+    save_scheduler(run.model.config, output_dir)
+    history = run.trainer.state.log_history
+    with open(os.path.join(output_dir, "log_history.json"), "w", encoding="utf-8") as f:
+        json.dump(history, f, indent=1)
+    if any("loss" in entry for entry in history):
+        plot_loss(history, os.path.join(output_dir, "loss.png"))
+
+
+def train(config: dict, output_dir: str | None = None, resume_from_checkpoint: str | bool | None = None) -> TrainingRun:
+    """Build a run from `config`, train it, save model / processor / scheduler / loss.png into the output dir."""
+    run = build_run(config, output_dir)
+    if resume_from_checkpoint is None:
+        resume_from_checkpoint = (config.get("training") or {}).get("resume_from_checkpoint")
+    run.trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    losses = [entry["loss"] for entry in run.trainer.state.log_history if "loss" in entry]
+    if losses and not all(math.isfinite(v) for v in losses):
+        raise FloatingPointError(f"Training diverged: non-finite loss in the log ({losses[-5:]})")
+    save_trained(run, run.trainer.args.output_dir)
+    return run
+
+
+# ------------------------------------------------------------------------------------------------ command line
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG),
+                        help="run config YAML (default: the embedded digits config)")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="config overrides, e.g. training.max_steps=200 model.head_width=128")
+
+
+def run_train_command(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    run = train(config, output_dir=args.output_dir)
+    if run.trainer.is_world_process_zero():
+        print(f"Saved model, processor and scheduler to {run.trainer.args.output_dir}")
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="train MMAR with transformers' Trainer from a YAML run config",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser)
+    parser.add_argument("--output-dir", default=None, help="overrides training.output_dir")
+    parser.set_defaults(func=run_train_command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.train")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    register(subparsers)
+    args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)
+
+
+if __name__ == "__main__":  # accelerate launch -m training.train --config ...
+    sys.exit(main())
