@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from transformers import GenerationMixin
 from transformers.masking_utils import create_masks_for_generate as _create_masks
@@ -66,6 +68,11 @@ class MMARGenerationMixin(GenerationMixin):
         input_ids = kwargs.pop("input_ids", None) if inputs is None else inputs
         if inputs is not None and "input_ids" in kwargs:
             raise ValueError("Pass the prompts either as `inputs` or as `input_ids`, not both")
+        unknown = sorted(set(kwargs) - set(inspect.signature(generate_images).parameters))
+        if unknown:
+            raise ValueError(
+                f"generation_mode='image' does not take {unknown} (see MMARForConditionalGeneration.generate)"
+            )
         return generate_images(self, input_ids, **kwargs)
 
     def _suppress_image_special_tokens(self, generation_config, kwargs) -> None:

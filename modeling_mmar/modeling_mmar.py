@@ -384,6 +384,11 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
         logits = self.lm_head(hidden_states[:, slice_indices, :])
 
         text_loss = None
+        if labels is not None and logits.shape[1] != labels.shape[1]:
+            raise ValueError(
+                f"labels cover {labels.shape[1]} positions but logits_to_keep={logits_to_keep} kept "
+                f"{logits.shape[1]}: compute the text loss with logits_to_keep=0"
+            )
         if labels is not None and (labels[:, 1:] != -100).any():
             text_loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size)
 

@@ -1,4 +1,4 @@
-"""MMARPipeline: text -> image with MMAR as a diffusers `DiffusionPipeline` (components: model, processor, scheduler)."""
+"""MMARPipeline: text -> image with MMAR as a diffusers `DiffusionPipeline` (model, processor, scheduler)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,13 @@ class MMARPipeline(DiffusionPipeline):
     ```python
     pipe = MMARPipeline(model=model, processor=processor, scheduler=MMARScheduler())
     image = pipe("a handwritten seven", generator=torch.Generator().manual_seed(0)).images[0]
+    pipe.save_pretrained("mmar-pipe")
     ```
+
+    `model_index.json` names the components by module (`modeling_mmar.modeling_mmar`, `processors.processing_mmar`,
+    `modeling_mmar.scheduling_mmar`). diffusers only resolves such modules once they are imported (it never imports
+    a module because a repository names it), so `import modeling_mmar, processors` before
+    `MMARPipeline.from_pretrained("mmar-pipe")`.
     """
 
     model_cpu_offload_seq = "model"
@@ -97,8 +103,8 @@ class MMARPipeline(DiffusionPipeline):
             inputs["negative_prompt_ids"] = negative_inputs["input_ids"]
             inputs["negative_prompt_attention_mask"] = negative_inputs["attention_mask"]
 
-        tokens_per_image = self.model.config.tokens_per_image
-        total_steps = num_iter if isinstance(num_iter, int) and num_iter > 0 else min(DEFAULT_NUM_ITER, tokens_per_image)
+        default_steps = min(DEFAULT_NUM_ITER, self.model.config.tokens_per_image)
+        total_steps = num_iter if isinstance(num_iter, int) and num_iter > 0 else default_steps
         with self.progress_bar(total=total_steps) as progress:
             images = self.model.generate(
                 **inputs,

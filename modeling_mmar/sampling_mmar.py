@@ -161,7 +161,6 @@ class ImageSpanRunner:
             self.cache = DynamicCache(config=cfg.get_text_config())
             self.backbone(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=prefix_positions,
                           cache=self.cache, use_cache=True)
-            self.prefix_length = prefix_ids.shape[1]
 
     def hidden_states(self, tokens: torch.Tensor, still_masked: torch.Tensor) -> torch.Tensor:
         """LLM states at the image positions [rows, L, H] for `tokens` [rows, L, D] (`still_masked` hidden)."""
@@ -242,7 +241,9 @@ def default_scheduler(config) -> MMARScheduler:
 
 def check_scheduler(scheduler, config) -> None:
     if not (hasattr(scheduler, "set_timesteps") and hasattr(scheduler, "step")):
-        raise ValueError(f"scheduler must be a diffusers scheduler with set_timesteps/step, got {type(scheduler).__name__}")
+        raise ValueError(
+            f"scheduler must be a diffusers scheduler with set_timesteps/step, got {type(scheduler).__name__}"
+        )
     scheduler_config = getattr(scheduler, "config", {})
     for name, expected in (("num_train_timesteps", config.num_train_timesteps),
                            ("prediction_type", config.prediction_type), ("beta_schedule", config.noise_schedule)):

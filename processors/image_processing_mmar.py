@@ -96,7 +96,9 @@ class MMARImageProcessor(PilBackend):
             kwargs["size"] = {"height": image_size, "width": image_size}
         super().__init__(**kwargs)
         if self.num_channels not in (1, 3):
-            raise ValueError(f"MMARImageProcessor num_channels must be 1 (grayscale) or 3 (RGB), got {self.num_channels}")
+            raise ValueError(
+                f"MMARImageProcessor num_channels must be 1 (grayscale) or 3 (RGB), got {self.num_channels}"
+            )
         if not (self.size.height and self.size.width):
             raise ValueError(f"MMARImageProcessor size must be {{'height': h, 'width': w}}, got {dict(self.size)}")
         self.crop_size = SizeDict(height=self.size.height, width=self.size.width)
@@ -202,6 +204,8 @@ class MMARImageProcessor(PilBackend):
         **kwargs,
     ) -> BatchFeature:
         height, width = size.height, size.width
+        if not (height and width):
+            raise ValueError(f"MMARImageProcessor size must be {{'height': h, 'width': w}}, got {dict(size)}")
         processed = []
         for image in images:
             if do_resize and image.shape[-2:] != (height, width):

@@ -26,7 +26,8 @@ DEFAULT_CHAT_TEMPLATE = (
     "{%- if bos_token is defined and bos_token %}{{ bos_token }}{% endif -%}"
     "{%- for message in messages -%}"
     "{%- if message['role'] not in ['user', 'assistant'] -%}"
-    "{{- raise_exception(\"MMAR's chat template supports the roles 'user' and 'assistant', got '\" ~ message['role'] ~ \"'\") -}}"
+    "{{- raise_exception(\"MMAR's chat template supports the roles 'user' and 'assistant', got '\""
+    " ~ message['role'] ~ \"'\") -}}"
     "{%- endif -%}"
     "{%- if message['content'] is string -%}{%- set items = [{'type': 'text', 'text': message['content']}] -%}"
     "{%- else -%}{%- set items = message['content'] -%}{%- endif -%}"
@@ -44,7 +45,9 @@ DEFAULT_CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- endif -%}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt and generation_mode is defined and generation_mode == 'image' %}{{ boi_token }}{% endif -%}"
+    "{%- if add_generation_prompt and generation_mode is defined and generation_mode == 'image' -%}"
+    "{{ boi_token }}"
+    "{%- endif -%}"
 )
 
 
@@ -94,7 +97,8 @@ class MMARProcessor(ProcessorMixin):
             raise ValueError(f"MMARProcessor num_image_tokens must be a positive integer, got {num_image_tokens!r}")
         self.num_image_tokens = num_image_tokens
         self.image_token, self.boi_token, self.img_token, self.eoi_token = image_token, boi_token, img_token, eoi_token
-        ids = {token: self._special_token_id(tokenizer, token) for token in (image_token, boi_token, img_token, eoi_token)}
+        tokens = (image_token, boi_token, img_token, eoi_token)
+        ids = {token: self._special_token_id(tokenizer, token) for token in tokens}
         if len(set(ids.values())) != 4:
             raise ValueError(f"The image special tokens must have distinct ids, got {ids}")
         self.image_placeholder_id = ids[image_token]
@@ -127,7 +131,9 @@ class MMARProcessor(ProcessorMixin):
         image_processor = MMARImageProcessor(
             image_size=config.image_size, num_channels=config.num_channels, **image_processor_kwargs
         )
-        processor = cls(image_processor, tokenizer, chat_template=chat_template, num_image_tokens=config.tokens_per_image)
+        processor = cls(
+            image_processor, tokenizer, chat_template=chat_template, num_image_tokens=config.tokens_per_image
+        )
         for name in ("boi_token_id", "image_token_id", "eoi_token_id"):
             if getattr(config, name, getattr(processor, name)) != getattr(processor, name):
                 raise ValueError(
@@ -195,7 +201,7 @@ class MMARProcessor(ProcessorMixin):
     def _check_prompts_end_with_boi(self, outputs: BatchFeature):
         input_ids, attention_mask = outputs["input_ids"], outputs["attention_mask"]
         for row, (ids, mask) in enumerate(zip(input_ids, attention_mask)):
-            ids, mask = (ids.tolist() if hasattr(ids, "tolist") else ids), (mask.tolist() if hasattr(mask, "tolist") else mask)
+            ids, mask = _as_token_lists(ids)[0][0], _as_token_lists(mask)[0][0]
             real = [token for token, keep in zip(ids, mask) if keep]
             if not real or real[-1] != self.boi_token_id:
                 raise ValueError(

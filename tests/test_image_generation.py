@@ -130,7 +130,8 @@ def test_guidance_scale_one_runs_one_row_per_prompt_and_no_unconditional_rows(mo
         model.generate(**prompts, **FAST, guidance_scale=1.0, generator=seeds(1, 2))
         assert llm.rows == [2] * (1 + K), "one prefill + one image-span pass per step, one row per prompt"
         assert head.rows == [2 * n for n in revealed_per_step for _ in range(steps)], "one head call per step"
-        llm.rows.clear(), head.rows.clear()
+        llm.rows.clear()
+        head.rows.clear()
         model.generate(**prompts, **FAST, guidance_scale=3.0, generator=seeds(1, 2))
         assert llm.rows == [4] * (1 + K), "CFG: [cond; uncond] rows in one batch"
         assert head.rows == [2 * 2 * n for n in revealed_per_step for _ in range(steps)]
@@ -138,11 +139,14 @@ def test_guidance_scale_one_runs_one_row_per_prompt_and_no_unconditional_rows(mo
         model.generate(**prompts, **FAST, guidance_scale=3.0, generator=seeds(1, 2), use_cache=False)
         assert llm.rows == [4] * K, "without the prefix cache each step re-runs the whole sequence"
     finally:
-        llm.remove(), head.remove()
+        llm.remove()
+        head.remove()
 
 
 def test_guidance_and_negative_prompts_steer_the_images(model, prompts):
-    run = lambda **kw: model.generate(**prompts, **FAST, generator=seeds(1, 2), output_type="latent", **kw)  # noqa: E731
+    def run(**kwargs):
+        return model.generate(**prompts, **FAST, generator=seeds(1, 2), output_type="latent", **kwargs)
+
     plain, guided = run(guidance_scale=1.0), run(guidance_scale=4.0)
     constant = run(guidance_scale=4.0, guidance_schedule="constant")
     negative = image_prompts(model.config, [[50, 51]])
@@ -153,7 +157,9 @@ def test_guidance_and_negative_prompts_steer_the_images(model, prompts):
 
 
 def test_temperature_scales_the_head_noise(model, prompts):
-    run = lambda t: model.generate(**prompts, **FAST, generator=seeds(1, 2), temperature=t, output_type="latent")  # noqa: E731
+    def run(temperature):
+        return model.generate(**prompts, **FAST, generator=seeds(1, 2), temperature=temperature, output_type="latent")
+
     cold, cold_again, warm = run(0.0), run(0.0), run(1.0)
     torch.testing.assert_close(cold, cold_again, rtol=0, atol=0)
     assert (cold - warm).abs().max() > 1e-3
@@ -227,6 +233,7 @@ def test_peft_model_generate_passes_image_mode_through(model, prompts):
         (dict(output_type="jpeg"), "output_type"),
         (dict(negative_prompt="blurry"), "negative_prompt_ids"),
         (dict(input_ids=None), "input_ids"),
+        (dict(max_new_tokens=8), "does not take"),
     ],
 )
 def test_bad_inputs_are_named(model, prompts, overrides, message):

@@ -142,7 +142,7 @@ def test_chat_template_generation(processor, digits):
 
 def test_decoding_drops_image_tokens(processor, digits):
     batch = processor(images=digit_images(digits, 2), text=[f"<image>{QUESTION} seven<eos>", "<image>"])
-    assert processor.batch_decode(batch["input_ids"]) == [f"<bos> what digit is this? seven <eos>", "<bos>"]
+    assert processor.batch_decode(batch["input_ids"]) == ["<bos> what digit is this? seven <eos>", "<bos>"]
     assert processor.batch_decode(batch["input_ids"], skip_special_tokens=True) == ["what digit is this? seven", ""]
     assert processor.decode(batch["input_ids"][0], skip_special_tokens=True) == "what digit is this? seven"
     generated = torch.cat([batch["input_ids"], torch.tensor([[2], [0]])], dim=1)
@@ -223,7 +223,8 @@ def test_any_fast_tokenizer_with_image_tokens_added(byte_level_bpe, digits, tmp_
     answer = tokenizer(" seven<|endoftext|>", add_special_tokens=False)["input_ids"]
     assert row[-len(answer):] == answer
     prompts = processor(text=["a handwritten seven", ""], generation_mode="image")["input_ids"]
-    assert prompts[:, -1].tolist() == [ids["boi_token"]] * 2 and prompts[1, :-1].tolist() == [0] * (prompts.shape[1] - 1)
+    assert prompts[:, -1].tolist() == [ids["boi_token"]] * 2
+    assert prompts[1, :-1].tolist() == [0] * (prompts.shape[1] - 1)  # left padding with the pad (= eos) token
     chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
     assert processor.apply_chat_template(chat, add_generation_prompt=True) == f"<image>{QUESTION}"
     with torch.no_grad():

@@ -150,6 +150,8 @@ def test_bad_image_processor_settings():
     with pytest.raises(ValueError, match="either image_size or size"):
         MMARImageProcessor(image_size=8, size={"height": 8, "width": 8})
     processor = MMARImageProcessor()
+    with pytest.raises(ValueError, match="size must be"):
+        processor(DIGIT, size={"shortest_edge": 8})
     with pytest.raises(ValueError, match="output_type must be one of"):
         processor.postprocess(torch.zeros(1, 1, 8, 8), output_type="latent")
     with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):

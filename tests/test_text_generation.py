@@ -1,5 +1,6 @@
 """Image -> text with `model.generate` (GenerationMixin): KV cache, static cache, beam search, left padding."""
 
+import numpy as np
 import pytest
 import torch
 from conftest import digits_to_pixel_values, tiny_config
@@ -184,3 +185,21 @@ def test_peft_model_generates_text_like_the_base_model(model, images):
         assert peft_model.generate(**kwargs).tolist() == base.tolist()  # a fresh LoRA starts as the identity
     finally:
         peft_model.unload()
+
+
+def test_processor_batch_generates_like_each_prompt_alone(model, digits):
+    """The user-facing path: `model.generate(**processor(images=..., text="<image>question"))`, left-padded."""
+    from PIL import Image
+
+    from processors import MMARProcessor, build_tokenizer
+
+    processor = MMARProcessor.from_model_config(model.config, build_tokenizer(["What digit is this? a seven"]))
+    images = [Image.fromarray((digits[0][i] * 255 / 16).astype(np.uint8), mode="L") for i in range(2)]
+    texts = ["<image>What digit is this?", "<image>digit?"]
+    batch = processor(images=images, text=texts, padding=True, padding_side="left", return_tensors="pt")
+    assert (batch["attention_mask"] == 0).any()
+    together = model.generate(**batch, max_new_tokens=4, do_sample=False)[:, batch["input_ids"].shape[1]:]
+    for i in range(2):
+        alone = processor(images=images[i:i + 1], text=texts[i:i + 1], return_tensors="pt")
+        answer = model.generate(**alone, max_new_tokens=4, do_sample=False)[:, alone["input_ids"].shape[1]:]
+        assert together[i].tolist() == answer[0].tolist()

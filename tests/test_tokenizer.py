@@ -24,7 +24,8 @@ def test_special_tokens_have_the_fixed_ids(tokenizer):
     expected = ["<pad>", "<bos>", "<eos>", "<image>", "<boi>", "<img>", "<eoi>", "<unk>"]
     assert tokenizer.convert_ids_to_tokens(list(range(8))) == expected
     assert (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (0, 1, 2)
-    assert (tokenizer.image_token_id, tokenizer.boi_token_id, tokenizer.img_token_id, tokenizer.eoi_token_id) == (3, 4, 5, 6)
+    image_ids = (tokenizer.image_token_id, tokenizer.boi_token_id, tokenizer.img_token_id, tokenizer.eoi_token_id)
+    assert image_ids == (3, 4, 5, 6)
     assert tokenizer.unk_token_id == 7
     assert set(expected) <= set(tokenizer.all_special_tokens)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.stats import truncnorm
+from scipy.special import ndtr, ndtri
 
 from .data import decode_image
 
@@ -86,12 +86,11 @@ class MMARDataCollator:
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"MMARDataCollator mask_ratio_min must be in [0, 1], got {value}")
         self._mask_ratio_min = float(value)
-        self._ratio_distribution = truncnorm(
-            (value - self.mask_ratio_mean) / self.mask_ratio_std,
-            (1.0 - self.mask_ratio_mean) / self.mask_ratio_std,
-            loc=self.mask_ratio_mean,
-            scale=self.mask_ratio_std,
-        )
+        # scipy.stats.truncnorm(a, b, loc=mean, scale=std) with a, b the bounds in standard units, sampled by its
+        # inverse CDF: the same distribution, without truncnorm.rvs' ~1 ms of overhead per call.
+        low = (value - self.mask_ratio_mean) / self.mask_ratio_std
+        high = (1.0 - self.mask_ratio_mean) / self.mask_ratio_std
+        self._ratio_cdf_bounds = (float(ndtr(low)), float(ndtr(high)))
 
     def set_epoch(self, epoch: int):
         """Called at each epoch start (MaskStageCallback): rows are re-masked differently every epoch."""
@@ -117,7 +116,10 @@ class MMARDataCollator:
         return self._fallback_rngs[worker_id]
 
     def sample_mask_ratio(self, rng: np.random.Generator) -> float:
-        return float(self._ratio_distribution.rvs(random_state=rng))
+        """r ~ normal(mask_ratio_mean, mask_ratio_std) truncated to [mask_ratio_min, 1]."""
+        cdf_low, cdf_high = self._ratio_cdf_bounds
+        ratio = self.mask_ratio_mean + self.mask_ratio_std * ndtri(cdf_low + rng.random() * (cdf_high - cdf_low))
+        return float(min(max(ratio, self.mask_ratio_min), 1.0))
 
     def sample_image_mask(self, rng: np.random.Generator) -> np.ndarray:
         """Mask the first ceil(L * r) tokens of a random permutation of the image's L tokens."""
