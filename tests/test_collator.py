@@ -143,22 +143,34 @@ def test_caption_dropout_rate(processor, rows):
     assert not any(p.text.startswith(processor.image_token) for p in plans(never, rows))
 
 
-def test_stage_switch_by_callback(processor):
+def test_stage_switch_by_callback_at_epoch_starts(processor):
     collator = MMARDataCollator(processor, L, mask_ratio_min=0.7)
-    callback = MaskStageCallback(collator, stage2_start_step=5, stage2_mask_ratio_min=0.0)
+    callback = MaskStageCallback(collator, stage2_start_step=25, stage2_mask_ratio_min=0.0)
+    args = SimpleNamespace(gradient_accumulation_steps=2)
+    loader = list(range(20))  # 20 batches = 10 optimizer steps per epoch
+    seen = []
+    for epoch in range(4):
+        state = SimpleNamespace(global_step=10 * epoch, epoch=float(epoch))
+        callback.on_epoch_begin(args, state, None, train_dataloader=loader)
+        seen.append((collator.epoch, collator.mask_ratio_min))
+    # epochs start at steps 0, 10, 20, 30: the first start at or after step 25 switches to stage 2
+    assert seen == [(0, 0.7), (1, 0.7), (2, 0.7), (3, 0.0)]
+    # a run resumed at step 27 re-enters epoch 2 (started at step 20): still stage 1, as uninterrupted
+    resumed = MaskStageCallback(MMARDataCollator(processor, L, mask_ratio_min=0.7), 25)
+    resumed.on_epoch_begin(args, SimpleNamespace(global_step=27, epoch=2.7), None, train_dataloader=loader)
+    assert (resumed.collator.epoch, resumed.collator.mask_ratio_min) == (2, 0.7)
+
+
+def test_stage_switch_without_epoch_length_happens_at_the_step(processor):
+    collator = MMARDataCollator(processor, L, mask_ratio_min=0.7)
+    callback = MaskStageCallback(collator, stage2_start_step=5)
+    stream = iter(range(100))  # no len(): a streamed dataset
     state = SimpleNamespace(global_step=0, epoch=0.0)
-    callback.on_train_begin(None, state, None)
-    for step, expected in ((1, 0.7), (4, 0.7), (5, 0.0), (9, 0.0)):
+    callback.on_epoch_begin(None, state, None, train_dataloader=stream)
+    for step, expected in ((4, 0.7), (5, 0.0)):
         state.global_step = step
         callback.on_step_end(None, state, None)
         assert collator.mask_ratio_min == expected
-    # a run resumed after the switch starts in stage 2 at once
-    resumed = MaskStageCallback(MMARDataCollator(processor, L, mask_ratio_min=0.7), 5)
-    resumed.on_train_begin(None, SimpleNamespace(global_step=7, epoch=0.3), None)
-    assert resumed.collator.mask_ratio_min == 0.0
-    state.epoch = 3.0
-    callback.on_epoch_begin(None, state, None)
-    assert collator.epoch == 3
 
 
 def test_reproducible_per_row_whatever_the_batch(processor, rows):

@@ -266,10 +266,16 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(config, digi
         loss.backward()
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
+    layer_calls = []
+    # (checkpointing wraps the layer's forward, so count a sub-module that the backward replay calls again)
+    model.model.language_model.layers[0].mlp.register_forward_hook(lambda *args: layer_calls.append(1))
     plain_loss, plain_grads = loss_and_grads()
-    model.gradient_checkpointing_enable()
-    assert model.is_gradient_checkpointing
+    assert len(layer_calls) == 1
+    model.activation_checkpointing_enable()
+    assert model.is_activation_checkpointing
+    layer_calls.clear()
     checkpointed_loss, checkpointed_grads = loss_and_grads()
+    assert len(layer_calls) == 2  # the layer ran again in backward: its activations were not kept
     torch.testing.assert_close(checkpointed_loss, plain_loss)
     assert plain_grads.keys() == checkpointed_grads.keys()
     for name in plain_grads:

@@ -182,6 +182,10 @@ def build_training_arguments(training_config: dict, output_dir: str | None = Non
     if kwargs.get("remove_unused_columns"):
         raise ValueError("training.remove_unused_columns must be false: the collator needs the raw image and text")
     kwargs.pop("resume_from_checkpoint", None)  # an argument of Trainer.train, handled by train()
+    if not torch.accelerator.is_available():
+        # A machine without accelerators: say so, which lets bf16 autocast run on CPU and makes several launched
+        # processes CPU processes talking over gloo.
+        kwargs.setdefault("use_cpu", True)
     return TrainingArguments(**kwargs)
 
 
@@ -225,23 +229,21 @@ def build_run(config: dict, output_dir: str | None = None) -> TrainingRun:
                        time_budget)
 
 
-def save_scheduler(model_config, output_dir: str | Path) -> None:
-    """The sampling scheduler of this model's diffusion process, in `output_dir/scheduler` (pipeline layout)."""
-    from modeling_mmar import MMARScheduler
-
-    MMARScheduler(
-        num_train_timesteps=model_config.num_train_timesteps,
-        beta_schedule=model_config.noise_schedule,
-        prediction_type=model_config.prediction_type,
-    ).save_pretrained(os.path.join(output_dir, "scheduler"))
-
-
 def save_trained(run: TrainingRun, output_dir: str | Path) -> None:
-    """Model + processor (+ scheduler) in one folder; loss curve and log history beside them (main process only)."""
+    """One folder that `AutoModelForImageTextToText`, `AutoProcessor` and `MMARPipeline` all load: model and
+    processor at the top (transformers layout), the scheduler in `scheduler/`, and the pipeline's
+    `model_index.json` (diffusers loads a component from the top folder when it has no subfolder of its own).
+    Beside them: `log_history.json` and `loss.png`. Only the main process writes."""
+    from modeling_mmar import MMARPipeline, MMARScheduler
+
     run.trainer.save_model(str(output_dir))
     if not run.trainer.is_world_process_zero():
         return
-    save_scheduler(run.model.config, output_dir)
+    config = run.model.config
+    scheduler = MMARScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.noise_schedule,
+                              prediction_type=config.prediction_type)
+    scheduler.save_pretrained(os.path.join(output_dir, "scheduler"))
+    MMARPipeline(model=run.model, processor=run.processor, scheduler=scheduler).save_config(str(output_dir))
     history = run.trainer.state.log_history
     with open(os.path.join(output_dir, "log_history.json"), "w", encoding="utf-8") as f:
         json.dump(history, f, indent=1)

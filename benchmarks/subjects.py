@@ -1,0 +1,89 @@
+"""What the benchmarks run on: the trained demo model when it exists, else a random model of the same geometry.
+
+The demo (`mmar demo`, ./mmar-demo/model) is the only model whose images mean something, so quality (digit-FD,
+generated-digit accuracy) is measured only with it. Without it, a random model built from the demo's own run config
+(training/configs/digits.yaml, same tokenizer, same sizes) gives the same speed figures; quality is then
+"not applicable". Random diffusion heads start at exactly zero (zero-initialised output layers), which makes no
+difference to speed; `randomize_head` gives them non-zero weights where a test needs non-trivial outputs.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import modeling_mmar  # noqa: F401  (registers the Auto classes)
+import processors  # noqa: F401
+from modeling_mmar import MMARConfig, MMARForConditionalGeneration
+
+DEMO_MODEL_DIR = Path("mmar-demo") / "model"
+
+
+@dataclass
+class Subject:
+    model: MMARForConditionalGeneration
+    processor: object
+    trained: bool  # True: the demo model (quality is meaningful)
+    source: str  # where it came from, for the report
+
+
+def demo_geometry_config(**overrides) -> tuple[MMARConfig, object]:
+    """(MMARConfig, tokenizer) of the demo's run config with the digits tokenizer; `overrides` replace MMARConfig
+    fields (`text_config` entries are merged into the demo's text config)."""
+    from training.data import digits_corpus
+    from training.run_config import load_config
+    from training.train import build_model_config, build_tokenizer_for
+
+    tokenizer = build_tokenizer_for({}, digits_corpus())
+    section = copy.deepcopy(load_config()["model"])
+    text_overrides = overrides.pop("text_config", None) or {}
+    section["text_config"] = {**section.get("text_config", {}), **text_overrides}
+    section.update(overrides)
+    return build_model_config(section, tokenizer), tokenizer
+
+
+def random_subject(seed: int = 0, **overrides) -> Subject:
+    """A random MMAR with the demo's geometry (or `overrides`), with the processor that matches it."""
+    from processors import MMARProcessor
+
+    config, tokenizer = demo_geometry_config(**overrides)
+    torch.manual_seed(seed)
+    model = MMARForConditionalGeneration(config).eval()
+    processor = MMARProcessor.from_model_config(config, tokenizer=tokenizer)
+    return Subject(model, processor, trained=False, source=f"random, demo geometry, seed {seed}")
+
+
+def load_subject(model_dir: str | Path | None = None) -> Subject:
+    """The demo model from `model_dir` (default ./mmar-demo/model) when it exists, else `random_subject()`."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = Path(model_dir) if model_dir is not None else DEMO_MODEL_DIR
+    if not (path / "config.json").is_file():
+        if model_dir is not None:
+            raise ValueError(f"--model {str(path)!r} holds no config.json: not a saved MMAR model")
+        return random_subject()
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(path)
+    return Subject(model, processor, trained=True, source=str(path))
+
+
+def randomize_head(model, seed: int = 0, std: float = 0.05) -> None:
+    """Give the (zero-initialised) diffusion head random weights so that its outputs depend on its inputs."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.diffusion_head.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
+
+
+def digit_prompts(processor, digits) -> dict:
+    """`<bos>a handwritten <digit><boi>` prompts (left-padded) for the given digits."""
+    from training.data import digit_caption
+
+    inputs = processor(text=[digit_caption(int(d)) for d in digits], generation_mode="image", return_tensors="pt")
+    return {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+
+
+__all__ = ["Subject", "demo_geometry_config", "digit_prompts", "load_subject", "random_subject", "randomize_head"]

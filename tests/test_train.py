@@ -1,0 +1,165 @@
+"""`mmar train`: run configs and overrides, the Trainer run (loss parts, evaluation, saved folder), resumption,
+options, and a 2-process accelerate run on CPU (gloo)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.run_config import CONFIG_DIR, load_config
+from training.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = CONFIG_DIR / "digits_tiny.yaml"
+
+
+def tiny(*overrides):
+    return load_config(TINY, list(overrides))
+
+
+def train_logs(history):
+    return [entry for entry in history if "loss" in entry and "train_runtime" not in entry]
+
+
+# ---------------------------------------------------------------- configs
+def test_shipped_configs_are_valid():
+    for path in sorted(CONFIG_DIR.glob("digits*.yaml")):  # the run configs of `mmar train` / `mmar demo`
+        config = load_config(path)
+        assert config["data"]["dataset"] == "digits", path
+
+
+def test_overrides_are_parsed_as_yaml_values():
+    config = tiny("training.learning_rate=3e-4", "model.text_config.hidden_size=48", "time_budget=null",
+                  "collator.caption_dropout=0", "training.output_dir=somewhere", "training.save_strategy=no")
+    assert config["training"]["learning_rate"] == pytest.approx(3e-4)
+    assert config["model"]["text_config"]["hidden_size"] == 48
+    assert config["time_budget"] is None and config["collator"]["caption_dropout"] == 0
+    assert config["training"]["save_strategy"] == "no"  # YAML 1.2: only true/false are booleans
+    assert load_config(CONFIG_DIR / "digits.yaml")["training"]["learning_rate"] == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("training.max_stepz=3", r"training\.max_stepz"),
+        ("modle.head_width=3", r"Unknown section.*modle"),
+        ("model.head_widht=3", r"model\.head_widht"),
+        ("collator.mask_ratio=0.5", r"collator\.mask_ratio\b.*known collator keys"),
+        ("data.image_colum=img", r"data\.image_colum"),
+        ("training.max_steps", r"must look like section\.key=value"),
+        ("training.max_steps.x=3", r"training\.max_steps is a value, not a section"),
+        ("time_budget=-5", r"time_budget must be a positive number"),
+    ],
+)
+def test_bad_config_keys_are_named(override, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(override)
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_bad_model_values_fail_before_training(tmp_path):
+    with pytest.raises(ValueError, match="patch_size"):
+        train(tiny("model.patch_size=3"), output_dir=str(tmp_path / "out"))
+    assert not (tmp_path / "out" / "config.json").exists()
+
+
+# ---------------------------------------------------------------- a run
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    run = train(tiny(), output_dir=str(out))
+    return run, out
+
+
+def test_run_logs_text_and_image_losses_and_evaluates(tiny_run):
+    run, out = tiny_run
+    history = run.trainer.state.log_history
+    logs = train_logs(history)
+    assert [e["step"] for e in logs] == list(range(1, 7))  # logging_steps=1, max_steps=6
+    for entry in logs:
+        assert math.isfinite(entry["text_loss"]) and math.isfinite(entry["image_loss"])
+        # one micro-batch per log: the total is exactly text + image_loss_weight (1.0) * image
+        assert entry["loss"] == pytest.approx(entry["text_loss"] + entry["image_loss"], rel=1e-4)
+    evals = [e for e in history if "eval_loss" in e]
+    assert [e["step"] for e in evals] == [3, 6]
+    for entry in evals:
+        assert entry["eval_loss"] == pytest.approx(entry["eval_text_loss"] + entry["eval_image_loss"], rel=0.05)
+    assert json.loads((out / "log_history.json").read_text()) == history
+    assert (out / "loss.png").stat().st_size > 1000
+
+
+def test_saved_folder_loads_with_auto_classes(tiny_run):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from modeling_mmar import MMARScheduler
+
+    run, out = tiny_run
+    model = AutoModelForImageTextToText.from_pretrained(out)
+    for name, tensor in run.model.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], tensor, msg=name)
+    processor = AutoProcessor.from_pretrained(out)
+    assert processor.num_image_tokens == model.config.tokens_per_image
+    assert processor.tokenizer.get_vocab() == run.tokenizer.get_vocab()
+    scheduler = MMARScheduler.from_pretrained(out, subfolder="scheduler")
+    assert scheduler.config.prediction_type == model.config.prediction_type
+
+
+def test_saved_folder_loads_as_a_pipeline(tiny_run):
+    import modeling_mmar
+
+    if not hasattr(modeling_mmar, "MMARPipeline"):
+        pytest.skip("MMARPipeline is not exported yet")
+    _, out = tiny_run
+    pipe = modeling_mmar.MMARPipeline.from_pretrained(out)
+    images = pipe(["a handwritten seven"], num_inference_steps=2, num_iter=2, guidance_scale=2.0,
+                  generator=torch.Generator().manual_seed(0)).images
+    assert images[0].size == (8, 8)
+
+
+def test_resume_continues_the_same_loss_curve(tmp_path):
+    overrides = ["training.eval_strategy=no", "training.save_strategy=steps", "training.save_steps=3"]
+    straight = train(tiny(*overrides), output_dir=str(tmp_path / "straight"))
+    checkpoint = tmp_path / "straight" / "checkpoint-3"
+    assert checkpoint.is_dir()
+    resumed = train(tiny(*overrides), output_dir=str(tmp_path / "resumed"), resume_from_checkpoint=str(checkpoint))
+    expected = {e["step"]: e for e in train_logs(straight.trainer.state.log_history)}
+    got = {e["step"]: e for e in train_logs(resumed.trainer.state.log_history)}
+    assert sorted(got) == [1, 2, 3, 4, 5, 6]  # the checkpoint's history, then the new steps
+    for step in (4, 5, 6):
+        for key in ("loss", "text_loss", "image_loss", "learning_rate"):
+            assert got[step][key] == pytest.approx(expected[step][key], rel=1e-5, abs=1e-7), (step, key)
+
+
+def test_gradient_checkpointing_and_bf16_options(tmp_path):
+    run = train(tiny("training.max_steps=2", "training.eval_strategy=no", "training.activation_checkpointing=true",
+                     "training.bf16=true"), output_dir=str(tmp_path / "out"))
+    assert run.model.model.language_model.is_gradient_checkpointing
+    assert all(math.isfinite(e["loss"]) for e in train_logs(run.trainer.state.log_history))
+
+
+def test_two_process_accelerate_run_on_cpu(tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    command = [sys.executable, "-m", "accelerate.commands.launch",
+               "--config_file", str(CONFIG_DIR / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", "29533",
+               "-m", "training.train", "--config", str(TINY), "--output-dir", str(out),
+               "training.eval_strategy=no", "training.max_steps=4"]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    history = json.loads((out / "log_history.json").read_text())
+    logs = train_logs(history)
+    assert [e["step"] for e in logs] == [1, 2, 3, 4]
+    assert all(math.isfinite(e["text_loss"]) and math.isfinite(e["image_loss"]) for e in logs)
+    # Two processes share each epoch: 1437 rows / (2 processes x 8) = 90 steps per epoch (180 with one process).
+    assert logs[-1]["epoch"] == pytest.approx(4 / 90)
+    assert (out / "model.safetensors").is_file() and (out / "scheduler" / "scheduler_config.json").is_file()
