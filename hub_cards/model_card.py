@@ -137,7 +137,8 @@ def render_model_card(
         repo_id: Hub id of this model (its name titles the card).
         model_id: what the snippets load (default: `repo_id`, else the folder's path).
         license, datasets: card metadata (datasets default to the digits for a digits run).
-        example_prompt, example_question: texts used in the snippets (default: the digits' caption / question).
+        example_prompt, example_question: texts used in the snippets (default: metrics["examples"], else the
+            digits' caption / question).
     """
     export_dir = Path(export_dir)
     config_path = export_dir / "config.json"
@@ -147,6 +148,7 @@ def render_model_card(
     if config.get("model_type") != "mmar":
         raise ValueError(f"{str(config_path)!r} is not an MMAR config (model_type {config.get('model_type')!r})")
     metrics = _load_metrics(metrics)
+    examples = metrics.get("examples") or {}  # a run may name its own prompts (e.g. `mmar finetune`'s style)
     digits = _is_digits_run(metrics, config)
     dataset = DIGITS_DATASET if digits else {"type": (datasets or ["custom"])[0], "name": (datasets or ["custom"])[0]}
     if datasets is None and digits:
@@ -193,8 +195,10 @@ def render_model_card(
         samples_image=SAMPLES_IMAGE if (export_dir / SAMPLES_IMAGE).is_file() else None,
         metric_rows=_metric_rows(metrics),
         dataset_description=DIGITS_DESCRIPTION if digits else None,
-        example_prompt=example_prompt or ("a handwritten seven" if digits else "a photo of a cat"),
-        example_question=example_question or ("What digit is this?" if digits else "What is in the image?"),
+        example_prompt=example_prompt or examples.get("example_prompt")
+        or ("a handwritten seven" if digits else "a photo of a cat"),
+        example_question=example_question or examples.get("example_question")
+        or ("What digit is this?" if digits else "What is in the image?"),
         example_image_code=DIGITS_IMAGE_CODE if digits else GENERIC_IMAGE_CODE,
         **evaluation,
     )

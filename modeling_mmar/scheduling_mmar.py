@@ -43,6 +43,8 @@ class MMARScheduler(DDPMScheduler):
     ):
         if prediction_type not in ("v_prediction", "epsilon", "sample"):
             raise ValueError(f"prediction_type must be 'v_prediction', 'epsilon' or 'sample', got {prediction_type!r}")
+        if variance_type not in ("fixed_small", "fixed_large"):  # the head predicts no variance
+            raise ValueError(f"variance_type must be 'fixed_small' or 'fixed_large', got {variance_type!r}")
         super().__init__(
             num_train_timesteps=num_train_timesteps,
             beta_start=beta_start,
@@ -127,6 +129,8 @@ class MMARScheduler(DDPMScheduler):
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         t = int(timestep)
+        if self.num_inference_steps is not None and t not in self.timesteps:
+            raise ValueError(f"timestep {t} is not one of the {self.num_inference_steps} steps set by set_timesteps")
         prev_t = int(self.previous_timestep(t))
         alpha_prod_t = self.alphas_cumprod[t].item()
         alpha_prod_prev = self.alphas_cumprod[prev_t].item() if prev_t >= 0 else 1.0
@@ -135,7 +139,9 @@ class MMARScheduler(DDPMScheduler):
         current_beta = 1 - current_alpha
 
         pred_original = self.predict_original_sample(model_output, t, sample)
-        if self.config.clip_sample:
+        if self.config.thresholding:
+            pred_original = self._threshold_sample(pred_original)
+        elif self.config.clip_sample:
             pred_original = pred_original.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
 
         # Posterior mean of q(x_prev | x_t, x0) on the respaced chain.

@@ -267,8 +267,18 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(config, digi
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     layer_calls = []
-    # (checkpointing wraps the layer's forward, so count a sub-module that the backward replay calls again)
-    model.model.language_model.layers[0].mlp.register_forward_hook(lambda *args: layer_calls.append(1))
+
+    class CountingActivation(nn.Module):  # (module hooks do not fire in the backward replay; a forward does)
+        def __init__(self, activation):
+            super().__init__()
+            self.activation = activation
+
+        def forward(self, x):
+            layer_calls.append(1)
+            return self.activation(x)
+
+    mlp = model.model.language_model.layers[0].mlp
+    mlp.act_fn = CountingActivation(mlp.act_fn)
     plain_loss, plain_grads = loss_and_grads()
     assert len(layer_calls) == 1
     model.activation_checkpointing_enable()

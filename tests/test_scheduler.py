@@ -62,6 +62,10 @@ def test_defaults_are_mmar_defaults():
         MMARScheduler(prediction_type="flow")
     with pytest.raises(ValueError, match="num_inference_steps"):
         scheduler.set_timesteps(0)
+    with pytest.raises(ValueError, match="variance_type"):
+        MMARScheduler(variance_type="learned_range")  # the head predicts no variance
+    with pytest.raises(ValueError, match="timestep 500 is not one of the 100 steps"):
+        scheduler.step(torch.zeros(1, 4), 500, torch.zeros(1, 4))
 
 
 def test_v_prediction_identities_with_one_timestep_per_token():

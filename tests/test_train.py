@@ -163,3 +163,15 @@ def test_two_process_accelerate_run_on_cpu(tmp_path):
     # Two processes share each epoch: 1437 rows / (2 processes x 8) = 90 steps per epoch (180 with one process).
     assert logs[-1]["epoch"] == pytest.approx(4 / 90)
     assert (out / "model.safetensors").is_file() and (out / "scheduler" / "scheduler_config.json").is_file()
+
+
+def test_mmar_train_command_with_a_time_budget(tmp_path, capsys):
+    from training.cli import main as mmar
+
+    out = tmp_path / "budget"
+    assert mmar(["train", "--config", str(TINY), "--output-dir", str(out), "time_budget=0.001",
+                 "training.eval_strategy=no"]) == 0
+    logs = train_logs(json.loads((out / "log_history.json").read_text()))
+    assert [e["step"] for e in logs] == [1]  # stopped cleanly after the first step, and saved
+    assert (out / "model.safetensors").is_file()
+    assert f"Saved model, processor and scheduler to {out}" in capsys.readouterr().out

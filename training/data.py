@@ -7,6 +7,7 @@ image-to-text) and `sample_index` (a stable integer the collator seeds its per-e
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 
 import datasets
@@ -38,6 +39,18 @@ def digit_caption(digit: int, template: str = GENERATION_TEMPLATE) -> str:
     """`digit_caption(7)` -> "a handwritten seven"."""
     word = DIGIT_WORDS[digit]
     return template.format(word=word, digit=digit, a_word=_article(word))
+
+
+_DIGIT_PATTERN = re.compile(r"\b(" + "|".join(DIGIT_WORDS) + r"|[0-9])\b", flags=re.IGNORECASE)
+
+
+def first_named_digit(text: str) -> int | None:
+    """The first digit a text names ("a seven" -> 7, "it is 3" -> 3, "sevens" -> None), or None."""
+    match = _DIGIT_PATTERN.search(text)
+    if match is None:
+        return None
+    token = match.group(1).lower()
+    return int(token) if token.isdigit() else DIGIT_WORDS.index(token)
 
 
 def digits_corpus() -> list[str]:
@@ -204,6 +217,7 @@ __all__ = [
     "digit_caption",
     "digits_arrays",
     "digits_corpus",
+    "first_named_digit",
     "load_digits_dataset",
     "load_image_text_dataset",
 ]

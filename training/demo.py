@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data import DIGIT_WORDS, DIGITS_QUESTION, digit_caption, digits_arrays
+from .data import DIGIT_WORDS, DIGITS_QUESTION, digit_caption, digits_arrays, first_named_digit
 from .plots import plot_captioned_images, plot_digit_grid, plot_loss
 from .run_config import DEFAULT_CONFIG, load_config
 from .train import build_run, save_trained
@@ -43,6 +43,9 @@ EVALUATION_DEFAULTS = {
     "batch_size": 100,
 }
 HELDOUT_FIGURE_IMAGES = 50
+# Without --time-budget or a config time_budget, training stops cleanly after 8 minutes so that a slow machine
+# still finishes (with evaluation) in about 10.
+DEFAULT_TIME_BUDGET = 480.0
 
 
 def load_metric(name: str):
@@ -180,6 +183,8 @@ def run_demo(output_dir: str = "./mmar-demo", config_path: str | Path = DEFAULT_
         training["max_steps"] = max_steps
     if time_budget is not None:
         config["time_budget"] = time_budget
+    elif config.get("time_budget") is None:
+        config["time_budget"] = DEFAULT_TIME_BUDGET
     if (config.get("data") or {}).get("dataset", "digits") != "digits":
         raise ValueError("mmar demo measures digits (caption and generated-digit accuracy): data.dataset must be "
                          "'digits'; use `mmar train` for other datasets")
@@ -227,13 +232,17 @@ def write_artefacts(folder: Path, run, metrics: dict, artefacts: dict, evaluatio
                     [f"{d} {DIGIT_WORDS[d]}" for d in range(10)],
                     title=f"generated digits, one row per digit, {seeds} seeds "
                           f"(judge accuracy {metrics['generated_digit_accuracy']:.0%})")
-    count = min(HELDOUT_FIGURE_IMAGES, len(artefacts["labels"]))
-    heldout_images = [np.asarray(im, np.float32) / 255.0 for im in run.eval_dataset[:count]["image"]]
-    correct = [DIGIT_WORDS[label] in answer.split()[:1] for label, answer in
-               zip(artefacts["labels"][:count], artefacts["answers"][:count])]
-    plot_captioned_images(heldout_images, artefacts["answers"][:count], correct, str(folder / "heldout_predictions.png"),
-                          title=f"held-out digits with the model's answers "
-                                f"(accuracy on all {len(artefacts['labels'])}: {metrics['caption_accuracy']:.1%})")
+    # The mistakes first (a reader wants to see them), then correct answers, up to HELDOUT_FIGURE_IMAGES.
+    labels, answers = artefacts["labels"], artefacts["answers"]
+    correct = [first_named_digit(answer) == label for label, answer in zip(labels, answers)]
+    order = [i for i in range(len(labels)) if not correct[i]] + [i for i in range(len(labels)) if correct[i]]
+    shown = order[:HELDOUT_FIGURE_IMAGES]
+    heldout_images = run.eval_dataset.select(shown)["image"]
+    plot_captioned_images([np.asarray(im, np.float32) / 255.0 for im in heldout_images],
+                          [answers[i] for i in shown], [correct[i] for i in shown],
+                          str(folder / "heldout_predictions.png"), cols=10,
+                          title=f"held-out digits with the model's answers, mistakes first "
+                                f"(accuracy on all {len(labels)}: {metrics['caption_accuracy']:.1%})")
     plot_loss(run.trainer.state.log_history, str(folder / "loss.png"), title="MMAR on handwritten digits")
 
 
@@ -253,7 +262,8 @@ def register(subparsers) -> None:
     parser.add_argument("--output-dir", default="./mmar-demo", help="where the results go (default ./mmar-demo)")
     parser.add_argument("--max-steps", type=int, default=None, help="training steps (default: the config's)")
     parser.add_argument("--time-budget", type=float, default=None,
-                        help="stop training cleanly after this many seconds (evaluation still runs)")
+                        help="stop training cleanly after this many seconds; evaluation still runs "
+                             f"(default: the config's time_budget, else {DEFAULT_TIME_BUDGET:.0f})")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="run config YAML (default: digits.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="config overrides, e.g. model.head_width=256 training.max_steps=4000")

@@ -8,13 +8,10 @@ reference digit, so a text listing every digit does not score.
     {'caption_accuracy': 0.3333333333333333, 'num_samples': 3}
 """
 
-import re
-
 import datasets
 import evaluate
 
-DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-_DIGIT_PATTERN = re.compile(r"\b(" + "|".join(DIGIT_WORDS) + r"|[0-9])\b", flags=re.IGNORECASE)
+from training.data import first_named_digit
 
 _DESCRIPTION = "Fraction of captions whose first named digit (word or numeral) is the reference digit."
 _KWARGS_DESCRIPTION = """
@@ -25,15 +22,6 @@ Returns:
     caption_accuracy (`float`): fraction correct, in [0, 1].
     num_samples (`int`): number of predictions scored.
 """
-
-
-def first_named_digit(text: str) -> int | None:
-    """The first digit a text names ("a seven" -> 7, "it is 3" -> 3), or None."""
-    match = _DIGIT_PATTERN.search(text)
-    if match is None:
-        return None
-    token = match.group(1).lower()
-    return int(token) if token.isdigit() else DIGIT_WORDS.index(token)
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)

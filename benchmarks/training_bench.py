@@ -1,0 +1,262 @@
+"""Training step: MMAR against the bare backbone causal LM on the same tokens, and where MMAR's overhead goes.
+
+One step = forward, backward, AdamW step, zero_grad, on a batch from the real training collator (half
+understanding, half generation samples, stage-1 masking). The bare LM is `AutoModelForCausalLM.from_config` of the
+same `text_config`, trained on the same `input_ids` (its image spans are ordinary token ids). Figures:
+- time: side-by-side rounds, MMAR's overhead = t_MMAR / t_LM - 1;
+- peak memory: the largest total of live CPU/GPU tensors during one step (parameters, gradients, optimizer state,
+  activations) from torch.profiler's memory timeline, with its split by category at the peak;
+- overhead split: forward + backward of each MMAR-only part alone (image tokenizer, mask building, image embedder,
+  diffusion loss = head x diffusion_batch_mul), and a torch.profiler table of one MMAR step with record_function
+  regions around those parts, written next to the results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from .subjects import random_subject
+from .timing import ratio, side_by_side, time_call
+
+TIME_OVERHEAD_TARGET = 0.25
+MEMORY_RATIO_TARGET = 1.3
+MEMORY_CATEGORIES = ("unknown", "input", "temporary", "activation", "gradient", "autograd_detail", "parameter",
+                     "optimizer_state")
+
+
+def training_batch(subject, batch_size: int, seed: int = 0) -> dict:
+    """A batch from the project's collator over real digits (resized to the model's image size)."""
+    from training.collator import MMARDataCollator
+    from training.data import load_digits_dataset
+
+    cfg = subject.model.config
+    dataset = load_digits_dataset(image_size=max(8, cfg.image_size), seed=seed)["train"]
+    collator = MMARDataCollator(subject.processor, cfg.tokens_per_image, seed=seed)
+    rows = [dataset[i] for i in range(batch_size)]
+    batch = collator(rows)
+    if cfg.num_channels != batch["pixel_values"].shape[1]:  # e.g. RGB geometry on grayscale digits
+        batch["pixel_values"] = batch["pixel_values"].expand(-1, cfg.num_channels, -1, -1).contiguous()
+    return batch
+
+
+def lm_batch(batch: dict) -> dict:
+    """The same tokens for the bare causal LM: next-token loss on every real token."""
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels}
+
+
+class TrainStep:
+    """Callable: `steps` optimizer steps of `model` on `batch` (autocast to `autocast_dtype` when given)."""
+
+    def __init__(self, model, batch: dict, steps: int = 1, autocast_dtype: torch.dtype | None = None):
+        self.model, self.steps, self.autocast_dtype = model.train(), steps, autocast_dtype
+        device = next(model.parameters()).device
+        self.batch = {k: v.to(device) for k, v in batch.items()}
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=1e-4)
+
+    def __call__(self):
+        device_type = next(self.model.parameters()).device.type
+        autocast = (torch.autocast(device_type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
+                    else contextlib.nullcontext())
+        for _ in range(self.steps):
+            with autocast:
+                loss = self.model(**self.batch).loss
+            loss.backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+
+def peak_memory(step: TrainStep) -> dict:
+    """Peak live tensor bytes during one step (after a warm-up step: optimizer state exists) and its split."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import MemoryProfileTimeline
+
+    step()
+    device = next(step.model.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return {"peak_bytes": torch.cuda.max_memory_allocated(), "start_bytes": start, "source": "torch.cuda"}
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        step()
+    _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline("cpu")
+    totals = [sum(row) for row in sizes]
+    peak_index = max(range(len(totals)), key=totals.__getitem__)
+    split = {name: value for name, value in zip(MEMORY_CATEGORIES, sizes[peak_index]) if value}
+    return {"peak_bytes": totals[peak_index], "start_bytes": totals[0], "at_peak": split,
+            "source": "torch.profiler memory timeline"}
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    fn()
+    return statistics.median(time_call(fn) for _ in range(repeats))
+
+
+def overhead_parts(model, batch: dict, repeats: int) -> dict:
+    """Seconds of each MMAR-only part alone (forward + backward where it has trainable weights)."""
+    from modeling_mmar.image_tokens_mmar import image_block_ids
+
+    inner, cfg = model.model, model.config
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    input_ids, mask = batch["input_ids"], batch["attention_mask"]
+    tokens = inner.encode_images(batch["pixel_values"])
+    image_mask = batch["image_mask"]
+    embeds = inner.get_input_embeddings()(input_ids).detach()
+    block_ids = image_block_ids(input_ids, cfg.image_token_id)
+    masked = int(image_mask.sum())
+    conditions = torch.randn(masked, cfg.text_config.hidden_size, device=device, requires_grad=True)
+    targets = tokens.reshape(-1, cfg.token_dim)[image_mask.reshape(-1)]
+
+    def embedder():
+        inner.image_embedder(tokens, image_mask).sum().backward()
+
+    def diffusion_loss():
+        model.diffusion_loss(conditions, targets).backward()
+
+    parts = {
+        "image tokenizer (VAE encode / patchify)": lambda: inner.encode_images(batch["pixel_values"]),
+        "attention mask with image blocks": lambda: inner._image_span_masks(embeds, mask, None, None, block_ids),
+        "image embedder fwd+bwd": embedder,
+        f"diffusion loss fwd+bwd (head x diffusion_batch_mul={cfg.diffusion_batch_mul}, {masked} masked tokens)":
+            diffusion_loss,
+    }
+    seconds = {name: _median_seconds(fn, repeats) for name, fn in parts.items()}
+    model.zero_grad(set_to_none=True)
+    return seconds
+
+
+@contextlib.contextmanager
+def profiler_regions(model):
+    """record_function regions around MMAR's parts for one profiled step (forward-side; backward ops are listed
+    by autograd node)."""
+    from torch.profiler import record_function
+
+    inner = model.model
+    wrapped = {(inner, "encode_images"): "mmar::image_tokenizer", (inner, "_image_span_masks"): "mmar::mask_building",
+               (inner, "image_embedder"): "mmar::image_embedder", (inner, "language_model"): "mmar::llm",
+               (model, "diffusion_loss"): "mmar::diffusion_loss", (model, "lm_head"): "mmar::lm_head"}
+    saved = []
+    for (owner, attribute), region in wrapped.items():
+        original = getattr(owner, attribute)
+        if isinstance(original, torch.nn.Module):
+            enter = original.register_forward_pre_hook(lambda m, a, region=region: _open_region(m, region))
+            leave = original.register_forward_hook(lambda m, a, o: _close_region(m))
+            saved.append(("hooks", enter, leave))
+            continue
+
+        def traced(*args, __original=original, __region=region, **kwargs):
+            with record_function(__region):
+                return __original(*args, **kwargs)
+
+        setattr(owner, attribute, traced)
+        saved.append(("attribute", owner, attribute))
+    try:
+        yield
+    finally:
+        for kind, first, second in saved:
+            if kind == "hooks":
+                first.remove()
+                second.remove()
+            else:
+                delattr(first, second)  # back to the class's method
+
+
+def _open_region(module, region):
+    from torch.profiler import record_function
+
+    module._benchmark_region = record_function(region)
+    module._benchmark_region.__enter__()
+
+
+def _close_region(module):
+    module._benchmark_region.__exit__(None, None, None)
+    del module._benchmark_region
+
+
+def profile_step(step: TrainStep, path: Path, row_limit: int = 30) -> dict:
+    """One MMAR step under torch.profiler with regions; writes the top-ops table to `path`; returns region ms."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profiler_regions(step.model), profile(activities=activities) as prof:
+        step()
+    averages = prof.key_averages()
+    sort_by = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+    path.write_text(averages.table(sort_by=sort_by, row_limit=row_limit))
+    return {e.key: e.cpu_time_total / 1e3 for e in averages if e.key.startswith("mmar::")}
+
+
+def run_training_benchmark(settings: dict, repeats: int, out_dir: Path | None = None, device="cpu",
+                           autocast_dtype=None, geometry: dict | None = None) -> dict:
+    """settings: batch_size, steps_per_round, image_tokens (list: scaling over sequence length; the first entry is
+    the headline geometry), profile (bool). `geometry`: MMARConfig overrides of the models (default: the demo's
+    geometry with image_size = 2 * sqrt(image_tokens), patch 2); weights are random (speed does not depend on them)."""
+    rows, profile_regions = [], None
+    for index, num_tokens in enumerate(settings["image_tokens"]):
+        side = int(round(num_tokens ** 0.5))
+        overrides = dict(geometry) if geometry else {
+            "image_size": 2 * side, "patch_size": 2,
+            "text_config": {"max_position_embeddings": max(128, num_tokens + 64)}}
+        run_subject = random_subject(**overrides)
+        mmar = run_subject.model.to(device)
+        torch.manual_seed(0)
+        backbone = AutoModelForCausalLM.from_config(mmar.config.text_config).to(device)
+        batch = training_batch(run_subject, settings["batch_size"])
+        steps = settings.get("steps_per_round", 1)
+        mmar_step = TrainStep(mmar, batch, steps, autocast_dtype)
+        lm_step = TrainStep(backbone, lm_batch(batch), steps, autocast_dtype)
+        timings = side_by_side({"lm": lm_step, "mmar": mmar_step}, repeats=repeats, warmup=1)
+        slowdown = ratio(timings["mmar"], timings["lm"])  # t_mmar / t_lm per round
+        memory_mmar, memory_lm = peak_memory(mmar_step), peak_memory(lm_step)
+        row = {
+            "image_tokens": num_tokens,
+            "sequence_length": int(batch["input_ids"].shape[1]),
+            "batch_size": settings["batch_size"],
+            "lm_seconds_per_step": timings["lm"].median / steps,
+            "mmar_seconds_per_step": timings["mmar"].median / steps,
+            "time_ratio": slowdown.summary(),
+            "time_overhead": slowdown.median - 1.0,
+            "lm_peak_memory_mb": memory_lm["peak_bytes"] / 2**20,
+            "mmar_peak_memory_mb": memory_mmar["peak_bytes"] / 2**20,
+            "memory_ratio": memory_mmar["peak_bytes"] / memory_lm["peak_bytes"],
+            "memory_at_peak_mb": {
+                "mmar": {k: v / 2**20 for k, v in memory_mmar.get("at_peak", {}).items()},
+                "lm": {k: v / 2**20 for k, v in memory_lm.get("at_peak", {}).items()},
+            },
+            "memory_source": memory_mmar["source"],
+            "tokens_per_s_mmar": batch["input_ids"].numel() * steps / timings["mmar"].median,
+        }
+        if index == 0:
+            row["overhead_parts_s"] = overhead_parts(mmar, batch, repeats)
+            if settings.get("profile", True) and out_dir is not None:
+                profile_regions = profile_step(mmar_step, out_dir / "training_profile.txt")
+        rows.append(row)
+    headline = rows[0]
+    return {
+        "name": "training",
+        "title": "Training step: MMAR vs the bare backbone causal LM on the same tokens",
+        "settings": {**settings, "repeats": repeats},
+        "rows": rows,
+        "profile_regions_ms": profile_regions,
+        "targets": {
+            "time_overhead": {"value": headline["time_overhead"], "target": f"<= {TIME_OVERHEAD_TARGET:.0%}",
+                              "met": headline["time_overhead"] <= TIME_OVERHEAD_TARGET},
+            "memory_ratio": {"value": headline["memory_ratio"], "target": f"<= {MEMORY_RATIO_TARGET:g}x",
+                             "met": headline["memory_ratio"] <= MEMORY_RATIO_TARGET},
+        },
+    }
+
+
+__all__ = ["TrainStep", "lm_batch", "overhead_parts", "peak_memory", "run_training_benchmark", "training_batch"]

@@ -1,0 +1,107 @@
+"""`mmar demo` (tiny config, few steps): every artefact, the printed table, and no complete-looking folder after a
+failure."""
+
+import json
+
+import pytest
+from PIL import Image
+
+import training.demo as demo
+from training.cli import main as mmar
+from training.run_config import CONFIG_DIR
+
+TINY = str(CONFIG_DIR / "digits_tiny.yaml")
+ARTEFACTS = ("metrics.json", "samples.png", "heldout_predictions.png", "loss.png", "model")
+
+
+def leftovers(folder):
+    return [p.name for p in folder.iterdir() if p.name.startswith(".")]
+
+
+@pytest.fixture(scope="module")
+def demo_output(tmp_path_factory):
+    parent = tmp_path_factory.mktemp("demo")
+    out = parent / "mmar-demo"
+    code = mmar(["demo", "--output-dir", str(out), "--config", TINY, "--max-steps", "3"])
+    assert code == 0
+    return out
+
+
+def test_demo_writes_every_artefact(demo_output):
+    for name in ARTEFACTS:
+        assert (demo_output / name).exists(), name
+    assert leftovers(demo_output.parent) == []  # the temporary folder was moved into place
+    grid = Image.open(demo_output / "samples.png")
+    assert grid.width > 200 and grid.height > 400  # 10 rows of digits
+    for png in ("heldout_predictions.png", "loss.png"):
+        assert Image.open(demo_output / png).width > 200
+    model_dir = demo_output / "model"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json", "model_index.json",
+                 "scheduler/scheduler_config.json"):
+        assert (model_dir / name).is_file(), name
+
+
+def test_demo_metrics_are_complete_and_consistent(demo_output):
+    metrics = json.loads((demo_output / "metrics.json").read_text())
+    for key in ("caption_accuracy", "generated_digit_accuracy", "judge_heldout_accuracy"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["num_heldout_images"] == 360
+    assert metrics["num_generated_images"] == 20  # 10 digits x 2 seeds in the tiny config
+    assert sorted(metrics["per_digit_generated_accuracy"]) == sorted(
+        ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])
+    # the FD of real digits is far below that of noise; a 3-step model lies in between or near noise
+    assert metrics["digit_fd_floor_train_vs_heldout"] < 1.0 < 10.0 < metrics["digit_fd_ceiling_noise"]
+    assert metrics["digit_fd"] > metrics["digit_fd_floor_train_vs_heldout"]
+    assert metrics["train_steps"] == 3 and metrics["total_seconds"] >= metrics["train_seconds"] > 0
+    assert metrics["targets"] == {"caption_accuracy": 0.95, "generated_digit_accuracy": 0.9}
+    assert set(metrics["targets_met"]) == set(metrics["targets"])
+
+
+def test_demo_prints_a_table(tmp_path, capsys):
+    metrics = {"caption_accuracy": 0.97, "generated_digit_accuracy": 0.9, "digit_fd": 2.0,
+               "digit_fd_floor_train_vs_heldout": 0.3, "digit_fd_ceiling_noise": 36.0, "judge_heldout_accuracy": 0.99,
+               "train_steps": 10, "train_seconds": 5.0, "total_seconds": 9.0}
+    table = demo.format_table(metrics)
+    assert "97.0%" in table and "36.00" in table and ">= 95%" in table
+
+
+def test_failed_demo_leaves_the_previous_output_untouched(demo_output, monkeypatch):
+    before = sorted(p.name for p in demo_output.iterdir())
+    metrics_before = (demo_output / "metrics.json").read_text()
+
+    def broken_evaluation(*args, **kwargs):
+        raise RuntimeError("evaluation failed")
+
+    monkeypatch.setattr(demo, "evaluate_run", broken_evaluation)
+    with pytest.raises(RuntimeError, match="evaluation failed"):
+        demo.run_demo(str(demo_output), TINY, max_steps=1)
+    assert sorted(p.name for p in demo_output.iterdir()) == before
+    assert (demo_output / "metrics.json").read_text() == metrics_before
+    assert leftovers(demo_output.parent) == []  # the partial folder is gone
+
+
+def test_failed_demo_into_a_new_folder_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "evaluate_run", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        demo.run_demo(str(tmp_path / "fresh"), TINY, max_steps=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_refuses_to_replace_a_folder_it_did_not_write(tmp_path):
+    precious = tmp_path / "results"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not empty and does not hold a previous demo"):
+        demo.run_demo(str(precious), TINY, max_steps=1)
+    assert (precious / "thesis.txt").read_text() == "keep me"
+    assert leftovers(tmp_path) == []
+
+
+def test_demo_rejects_bad_options(tmp_path):
+    with pytest.raises(ValueError, match="max-steps"):
+        demo.run_demo(str(tmp_path / "out"), TINY, max_steps=0)
+    with pytest.raises(ValueError, match=r"training\.max_stepz"):
+        demo.run_demo(str(tmp_path / "out"), TINY, overrides=["training.max_stepz=3"])
+    with pytest.raises(ValueError, match="data.dataset must be 'digits'"):
+        demo.run_demo(str(tmp_path / "out"), TINY, overrides=["data.dataset=some/other"])
+    assert list(tmp_path.iterdir()) == []
