@@ -66,9 +66,8 @@ class JanusRunner:
         try:
             self._generate(dynamic_cache=False)
             return "static (Janus default)"
-        except AttributeError as error:  # transformers 5.24: see the module docstring
+        except AttributeError as error:  # transformers 5.24: see the module docstring (fails at the first token)
             self.default_cache_error = f"{type(error).__name__}: {error}"
-            self._generate(dynamic_cache=True)
             return "dynamic (the default static cache fails in this transformers version)"
 
     def __call__(self):
@@ -80,17 +79,17 @@ def copy_config(config: GenerationConfig) -> GenerationConfig:
     return GenerationConfig.from_dict(config.to_dict())
 
 
-def run_janus_benchmark(settings: dict, repeats: int, base_text_config: dict | None = None) -> dict:
+def run_janus_benchmark(settings: dict, repeats: int, base_text_config: dict | None = None,
+                        name: str = "janus") -> dict:
     """settings: tokens (list of L), images (batch), num_iter (list; capped at L), guidance_scale, scheduler,
-    steps."""
+    steps. One row per (L, num_iter)."""
     rows, notes = [], set()
     images = settings["images"]
     for num_tokens in settings["tokens"]:
         side = math.isqrt(num_tokens)
         subject = random_subject(image_size=2 * side, patch_size=2, **_text_overrides(base_text_config, num_tokens))
         mmar, cfg = subject.model, subject.model.config
-        digits = [d % 10 for d in range(images)]
-        prompts = digit_prompts(subject.processor, digits)
+        prompts = digit_prompts(subject.processor, [d % 10 for d in range(images)])
         torch.manual_seed(0)
         janus = JanusForConditionalGeneration(
             janus_config(cfg.text_config.to_dict(), num_tokens, cfg.boi_token_id, cfg.image_token_id)).eval()
@@ -100,30 +99,31 @@ def run_janus_benchmark(settings: dict, repeats: int, base_text_config: dict | N
             notes.add(f"Janus default-cache error: {janus_runner.default_cache_error}")
         variant = SamplerVariant(f"MMAR {settings['scheduler']} {settings['steps']}", scheduler=settings["scheduler"],
                                  steps=settings["steps"])
-        candidates = {"janus": janus_runner}
+        candidates, passes = {"janus": janus_runner}, {}
         for num_iter in sorted({min(k, num_tokens) for k in settings["num_iter"]}):
             sampling = {"num_iter": num_iter, "guidance_scale": settings["guidance_scale"]}
-            candidates[f"mmar_k{num_iter}"] = make_runner(mmar, variant, prompts, list(range(images)), sampling)
-        with count_calls(backbone=janus.model.language_model) as janus_calls:
-            janus_runner()
-        timings = side_by_side(candidates, repeats=repeats, warmup=1)
-        for name, runner in candidates.items():
-            if name == "janus":
-                continue
-            with count_calls(backbone=mmar.model.language_model) as mmar_calls:
+            candidates[num_iter] = make_runner(mmar, variant, prompts, list(range(images)), sampling)
+        for key, runner in candidates.items():  # the warm-up run counts the sequential LLM passes
+            backbone = janus.model.language_model if key == "janus" else mmar.model.language_model
+            with count_calls(backbone=backbone) as calls:
                 runner()
+            passes[key] = calls["backbone"]
+        timings = side_by_side(candidates, repeats=repeats, warmup=0)
+        for key in candidates:
+            if key == "janus":
+                continue
             rows.append({
                 "image_tokens": num_tokens,
-                "mmar_num_iter": int(name.removeprefix("mmar_k")),
+                "mmar_num_iter": key,
                 "mmar_sampler": variant.name,
-                "mmar_seconds_per_image": timings[name].median / images,
+                "mmar_seconds_per_image": timings[key].median / images,
                 "janus_seconds_per_image": timings["janus"].median / images,
-                "mmar_backbone_passes": mmar_calls["backbone"],
-                "janus_backbone_passes": janus_calls["backbone"],
-                "speedup": ratio(timings["janus"], timings[name]).summary(),
+                "mmar_backbone_passes": passes[key],
+                "janus_backbone_passes": passes["janus"],
+                "speedup": ratio(timings["janus"], timings[key]).summary(),
             })
     return {
-        "name": "janus",
+        "name": name,
         "title": "MMAR vs Janus (transformers JanusForConditionalGeneration), same backbone, same image tokens",
         "settings": {**settings, "repeats": repeats, "janus_codebook": JANUS_CODEBOOK_SIZE},
         "rows": rows,

@@ -34,14 +34,19 @@ class SamplerVariant:
     naive: bool = False
 
 
-DEFAULT_VARIANTS = (
-    SamplerVariant("naive MAR loop (no cache, separate CFG, DDPM 100)", naive=True),
-    SamplerVariant("batched CFG (no cache, DDPM 100)", use_cache=False),
-    SamplerVariant("+ prefix KV cache (DDPM 100)"),
-    SamplerVariant("+ DDIM 50", scheduler="ddim", steps=50),
-    SamplerVariant("+ DDIM 25", scheduler="ddim", steps=25),
-    SamplerVariant("+ DPM-Solver++ 20", scheduler="dpm++", steps=20),
-)
+def default_variants(reference_steps: int = 100, ddim_steps=(50, 25), dpm_steps=(20,)) -> tuple[SamplerVariant, ...]:
+    """naive, then one optimisation at a time (see the module docstring)."""
+    n = reference_steps
+    return (
+        SamplerVariant(f"naive MAR loop (no cache, separate CFG, DDPM {n})", steps=n, naive=True),
+        SamplerVariant(f"batched CFG (no cache, DDPM {n})", steps=n, use_cache=False),
+        SamplerVariant(f"+ prefix KV cache (DDPM {n})", steps=n),
+        *(SamplerVariant(f"+ DDIM {k}", scheduler="ddim", steps=k) for k in ddim_steps),
+        *(SamplerVariant(f"+ DPM-Solver++ {k}", scheduler="dpm++", steps=k) for k in dpm_steps),
+    )
+
+
+DEFAULT_VARIANTS = default_variants()
 
 
 def build_scheduler(kind: str, config):
@@ -81,11 +86,16 @@ def make_runner(model, variant: SamplerVariant, prompts: dict, seeds: list[int],
     return run
 
 
-def sequential_calls(model, runner) -> dict:
-    """LLM passes and diffusion-head calls of one run (one batch: every image shares them)."""
+def counted_run(model, runner) -> tuple[object, dict]:
+    """Run once (this is also the warm-up of the timed rounds) counting LLM passes and diffusion-head calls."""
     with count_calls(backbone=model.model.language_model, head=model.diffusion_head) as calls:
-        runner()
-    return {"backbone_passes": calls["backbone"], "head_calls": calls["head"]}
+        output = runner()
+    return output, {"backbone_passes": calls["backbone"], "head_calls": calls["head"]}
+
+
+def same_samples_as_naive(variant: SamplerVariant, naive: SamplerVariant) -> bool:
+    """Variants that differ from the naive loop only in how the work is batched and cached draw the same images."""
+    return not variant.naive and variant.scheduler == "ddpm" and variant.steps == naive.steps
 
 
 def quality(images: torch.Tensor, digits: np.ndarray, judge_seed: int = 0) -> dict:
@@ -106,55 +116,70 @@ def matched_quality(candidate: dict, reference: dict, tolerance: float = QUALITY
     return bool(fd_ok and accuracy_ok)
 
 
-def run_sampler_benchmark(subject, settings: dict, repeats: int, variants=DEFAULT_VARIANTS) -> dict:
-    """settings: images (batch size timed), num_iter, guidance_scale, temperature, quality_seeds_per_digit."""
+def run_sampler_benchmark(subject, settings: dict, repeats: int, variants=None) -> dict:
+    """settings: images (batch size timed), num_iter, guidance_scale, temperature, quality_seeds_per_digit, and
+    optionally reference_steps / ddim_steps / dpm_steps (the variants). The first variant is the naive baseline."""
+    if variants is None:
+        variants = default_variants(**{k: settings[k] for k in ("reference_steps", "ddim_steps", "dpm_steps")
+                                       if k in settings})
     model = subject.model
     sampling = {"num_iter": settings["num_iter"], "guidance_scale": settings["guidance_scale"],
                 "temperature": settings.get("temperature", 1.0)}
     digits = np.arange(settings["images"]) % 10
     prompts = digit_prompts(subject.processor, digits)
     seeds = list(range(len(digits)))
+    naive = variants[0]
     runners = {v.name: make_runner(model, v, prompts, seeds, sampling) for v in variants}
-    calls = {v.name: sequential_calls(model, runners[v.name]) for v in variants}
-    timings = side_by_side(runners, repeats=repeats, warmup=1)
-    naive = variants[0].name
+    outputs, calls = {}, {}
+    for variant in variants:
+        outputs[variant.name], calls[variant.name] = counted_run(model, runners[variant.name])
+    timings = side_by_side(runners, repeats=repeats, warmup=0)
     rows = []
     for variant in variants:
         timing = timings[variant.name]
-        rows.append({
+        row = {
             "variant": variant.name,
             "images_per_s": len(digits) / timing.median,
             "seconds_per_image": timing.median / len(digits),
-            "speedup_vs_naive": ratio(timings[naive], timing).summary(),
+            "speedup_vs_naive": ratio(timings[naive.name], timing).summary(),
             "backbone_passes": calls[variant.name]["backbone_passes"],
             "head_calls": calls[variant.name]["head_calls"],
             "timing": timing.summary(),
-        })
+        }
+        if same_samples_as_naive(variant, naive):  # the optimisation must not change a single image
+            row["max_abs_diff_vs_naive"] = float((outputs[variant.name] - outputs[naive.name]).abs().max())
+        rows.append(row)
 
-    quality_rows = {}
     if subject.trained and settings.get("quality_seeds_per_digit"):
-        per_digit = settings["quality_seeds_per_digit"]
-        quality_digits = np.repeat(np.arange(10), per_digit)
-        quality_prompts = digit_prompts(subject.processor, quality_digits)
-        quality_seeds = np.tile(np.arange(per_digit), 10).tolist()
-        for variant in variants:
-            images = make_runner(model, variant, quality_prompts, quality_seeds, sampling)()
-            quality_rows[variant.name] = quality(images, quality_digits)
-        for row in rows:
-            row["quality"] = quality_rows[row["variant"]]
-            row["quality_matched"] = matched_quality(quality_rows[row["variant"]], quality_rows[naive])
-
-    headline = pick_headline(rows, subject.trained)
+        add_quality(rows, model, subject.processor, variants, sampling, settings["quality_seeds_per_digit"])
     return {
         "name": "sampler",
         "title": "Text -> image sampler: optimised vs naive MAR loop",
         "model": subject.source,
-        "quality_measured": bool(quality_rows),
+        "quality_measured": any("quality" in row for row in rows),
         "settings": {**sampling, "images_per_batch": len(digits), "repeats": repeats,
-                     "quality_images": 10 * settings.get("quality_seeds_per_digit", 0) if quality_rows else 0},
+                     "quality_images": 10 * settings.get("quality_seeds_per_digit", 0) if subject.trained else 0},
         "rows": rows,
-        "headline": headline,
+        "headline": pick_headline(rows, any("quality" in row for row in rows)),
     }
+
+
+def add_quality(rows: list[dict], model, processor, variants, sampling: dict, seeds_per_digit: int) -> None:
+    """Digit-FD and generated-digit accuracy of every variant on the same prompts and seeds (10 digits x seeds).
+    Variants that draw the naive loop's exact samples (checked in the timed runs) share its figures."""
+    digits = np.repeat(np.arange(10), seeds_per_digit)
+    prompts = digit_prompts(processor, digits)
+    seeds = np.tile(np.arange(seeds_per_digit), 10).tolist()
+    naive = variants[0]
+    reference = quality(make_runner(model, naive, prompts, seeds, sampling)(), digits)
+    for variant, row in zip(variants, rows):
+        if variant is naive:
+            row["quality"] = reference
+        elif same_samples_as_naive(variant, naive) and row.get("max_abs_diff_vs_naive", 1.0) < 1e-4:
+            row["quality"] = {**reference, "note": "same samples as the naive loop"}
+        else:
+            row["quality"] = quality(make_runner(model, variant, prompts, seeds, sampling)(), digits)
+        row["quality_matched"] = matched_quality(row["quality"], reference)
 
 
 def pick_headline(rows: list[dict], quality_measured: bool) -> dict:
@@ -170,5 +195,5 @@ def pick_headline(rows: list[dict], quality_measured: bool) -> dict:
             "quality": "matched within 10 %" if quality_measured else "not applicable (random model)"}
 
 
-__all__ = ["DEFAULT_VARIANTS", "SamplerVariant", "build_scheduler", "make_runner", "matched_quality",
+__all__ = ["DEFAULT_VARIANTS", "SamplerVariant", "build_scheduler", "default_variants", "counted_run", "make_runner", "matched_quality",
            "run_sampler_benchmark"]

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 from scipy.stats import truncnorm
 
 from processors import MMARProcessor, build_tokenizer
@@ -18,8 +19,6 @@ L = 16  # 8x8 digits, patch 2
 
 @pytest.fixture(scope="module")
 def processor():
-    from tests.conftest import tiny_config
-
     tokenizer = build_tokenizer(digits_corpus())
     config = tiny_config(text_config={"model_type": "qwen2", "vocab_size": len(tokenizer), "hidden_size": 32,
                                       "num_attention_heads": 2, "num_key_value_heads": 1,

@@ -50,7 +50,9 @@ def test_demo_metrics_are_complete_and_consistent(demo_output):
     assert sorted(metrics["per_digit_generated_accuracy"]) == sorted(
         ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])
     # the FD of real digits is far below that of noise; a 3-step model lies in between or near noise
-    assert metrics["digit_fd_floor_train_vs_heldout"] < 1.0 < 10.0 < metrics["digit_fd_ceiling_noise"]
+    assert metrics["digit_fd_floor_all_train_vs_heldout"] < 1.0 < 10.0 < metrics["digit_fd_ceiling_noise"]
+    # the same-size floor (20 real train digits) is higher: FD grows as samples shrink
+    assert metrics["digit_fd_floor_all_train_vs_heldout"] < metrics["digit_fd_floor_train_vs_heldout"]
     assert metrics["digit_fd"] > metrics["digit_fd_floor_train_vs_heldout"]
     assert metrics["train_steps"] == 3 and metrics["total_seconds"] >= metrics["train_seconds"] > 0
     assert metrics["targets"] == {"caption_accuracy": 0.95, "generated_digit_accuracy": 0.9}
@@ -59,10 +61,11 @@ def test_demo_metrics_are_complete_and_consistent(demo_output):
 
 def test_demo_prints_a_table(tmp_path, capsys):
     metrics = {"caption_accuracy": 0.97, "generated_digit_accuracy": 0.9, "digit_fd": 2.0,
-               "digit_fd_floor_train_vs_heldout": 0.3, "digit_fd_ceiling_noise": 36.0, "judge_heldout_accuracy": 0.99,
+               "digit_fd_floor_train_vs_heldout": 1.6, "digit_fd_floor_all_train_vs_heldout": 0.3,
+               "digit_fd_ceiling_noise": 36.0, "judge_heldout_accuracy": 0.99, "num_generated_images": 100,
                "train_steps": 10, "train_seconds": 5.0, "total_seconds": 9.0}
     table = demo.format_table(metrics)
-    assert "97.0%" in table and "36.00" in table and ">= 95%" in table
+    assert "97.0%" in table and "36.00" in table and ">= 95%" in table and "100 noise images" in table
 
 
 def test_failed_demo_leaves_the_previous_output_untouched(demo_output, monkeypatch):

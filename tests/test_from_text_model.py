@@ -51,7 +51,7 @@ def test_wraps_a_saved_backbone_with_its_weights_kept_exactly(style, tmp_path, d
     assert torch.equal(actual, expected)
 
     # The processor builds MMAR sequences with the new tokens, and the model trains on them: both losses.
-    images, labels = digits
+    images, _ = digits
     pixel_values = digits_to_pixel_values(images[:2])
     batch = processor(text=["<image>What digit is this? zero", "a handwritten one<image>"],
                       images=list(pixel_values.add(1).div(2)), return_tensors="pt", padding=True)

@@ -175,3 +175,48 @@ def test_mmar_train_command_with_a_time_budget(tmp_path, capsys):
     assert [e["step"] for e in logs] == [1]  # stopped cleanly after the first step, and saved
     assert (out / "model.safetensors").is_file()
     assert f"Saved model, processor and scheduler to {out}" in capsys.readouterr().out
+
+
+def _write_split(folder, digits, indices):
+    import numpy as np
+    from PIL import Image
+
+    from training.data import DIGIT_WORDS
+
+    folder.mkdir(parents=True)
+    images, labels = digits
+    lines = []
+    for i in indices:
+        Image.fromarray(np.uint8(images[i] * 255 / 16)).resize((16, 16)).convert("RGB").save(folder / f"{i}.png")
+        lines.append(json.dumps({"file_name": f"{i}.png", "text": f"a scan of a {DIGIT_WORDS[labels[i]]}"}))
+    (folder / "metadata.jsonl").write_text("\n".join(lines))
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_training_on_an_image_folder(tmp_path, digits, streaming):
+    """RGB 16x16 images with captions in metadata.jsonl; the processor brings them to the model's 8x8 grayscale."""
+    _write_split(tmp_path / "data" / "train", digits, range(0, 24))
+    _write_split(tmp_path / "data" / "test", digits, range(24, 32))
+    run = train(tiny(f"data.dataset={tmp_path / 'data'}", "data.caption_column=text", "data.eval_split=test",
+                     f"data.streaming={str(streaming).lower()}", "training.max_steps=2", "training.eval_steps=2"),
+                output_dir=str(tmp_path / "out"))
+    logs = train_logs(run.trainer.state.log_history)
+    assert [e["step"] for e in logs] == [1, 2] and all(math.isfinite(e["loss"]) for e in logs)
+    assert any("eval_loss" in e for e in run.trainer.state.log_history)
+    assert "scan" in run.tokenizer.get_vocab()  # the tokenizer was built from this dataset's captions
+
+
+def test_streamed_dataset_needs_an_eval_split(tmp_path, digits):
+    _write_split(tmp_path / "data" / "train", digits, range(0, 8))
+    with pytest.raises(ValueError, match="eval_split"):
+        train(tiny(f"data.dataset={tmp_path / 'data'}", "data.streaming=true"), output_dir=str(tmp_path / "out"))
+
+
+def test_shipped_accelerate_configs_parse():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    expected = {"cpu_2proc": "MULTI_GPU", "ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED"}
+    for name, distributed_type in expected.items():
+        config = load_config_from_file(str(CONFIG_DIR / "accelerate" / f"{name}.yaml"))
+        assert config.distributed_type.value == distributed_type, name
+    assert load_config_from_file(str(CONFIG_DIR / "accelerate" / "cpu_2proc.yaml")).num_processes == 2

@@ -44,7 +44,7 @@ class MaskStageCallback(TrainerCallback):
         return max(math.ceil(batches / accumulation), 1)
 
     def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
-        steps_per_epoch = self._update_steps_per_epoch(args, train_dataloader) if train_dataloader else None
+        steps_per_epoch = None if train_dataloader is None else self._update_steps_per_epoch(args, train_dataloader)
         self._epoch_aligned = steps_per_epoch is not None
         if self._epoch_aligned:  # a resumed run re-enters mid-epoch: use that epoch's first step
             epoch = state.global_step // steps_per_epoch

@@ -7,7 +7,8 @@ gets LoRA on its attention and MLP projections; the diffusion head and image emb
 with trl's `SFTTrainer` (`trainer=sft`, through `MMARSFTTrainer`, which keeps MMAR's own forward and diffusion loss)
 or transformers' `Trainer` (`trainer=trainer`). The output folder holds `adapter/` (peft adapter + grown processor),
 `merged/` (the adapter merged into the base: a plain MMAR model, `mmar export` ready), metrics.json with the German
-metrics before and after (and the English ones after, to show what was kept), samples.png and loss.png.
+metrics before and after (and the English ones after, to show what was kept; `replay` keeps a share of the
+training rows in English so that English questions still get English answers), samples.png and loss.png.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ from .train import MMARTrainer
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "lora-digits.yaml"
 DEFAULT_BASE_MODEL = "./mmar-demo/model"
-TOP_LEVEL_KEYS = ("seed", "base_model", "output_dir", "trainer", "max_steps", "caption_style", "lora", "collator",
-                  "training", "evaluation", "time_budget")
+TOP_LEVEL_KEYS = ("seed", "base_model", "output_dir", "trainer", "max_steps", "caption_style", "replay", "lora",
+                  "collator", "training", "evaluation", "time_budget")
 TRAINERS = ("sft", "trainer")
 EVALUATION_DEFAULTS = {"seeds_per_digit": 10, "num_iter": 16, "guidance_scale": 3.0, "guidance_schedule": "linear",
                        "temperature": 1.0, "num_inference_steps": 50, "max_new_tokens": 4, "batch_size": 100,
@@ -82,17 +83,27 @@ CAPTION_STYLES = {
 }
 
 
-def styled_digits(style: CaptionStyle, image_size: int, seed: int):
-    """The demo's digits split (same train / held-out rows) with captions, question and answers in `style`."""
-    splits = load_digits_dataset(image_size=image_size, seed=seed)
+def styled_digits(style: CaptionStyle, image_size: int, seed: int, replay: float = 0.0):
+    """The demo's digits split (same train / held-out rows) with captions, question and answers in `style`.
 
-    def restyle(example):
+    `replay`: fraction of the TRAINING rows that keep their original (English) text, so that the model keeps
+    answering English questions in English; the held-out split is always fully in `style`.
+    """
+    if not 0.0 <= replay < 1.0:
+        raise ValueError(f"replay must be in [0, 1), got {replay}")
+    splits = load_digits_dataset(image_size=image_size, seed=seed)
+    threshold = int(round(replay * 1000))
+
+    def restyle(example, keep_original: bool):
+        # A fixed per-row choice (by sample_index), so the same rows are replayed in every epoch and run.
+        if keep_original and (example["sample_index"] * 7919 + seed) % 1000 < threshold:
+            return {}
         template = style.templates[(seed + example["sample_index"]) % len(style.templates)]
         digit = example["label"]
         return {"caption": style.caption(digit, template), "question": style.question,
                 "answer": style.digit_words[digit]}
 
-    return {name: split.map(restyle) for name, split in splits.items()}
+    return {name: split.map(restyle, fn_kwargs={"keep_original": name == "train"}) for name, split in splits.items()}
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -130,6 +141,9 @@ def validate_finetune_config(config: dict, source: str = "config") -> None:
         raise ValueError(f"trainer must be one of {TRAINERS}, got {config.get('trainer')!r}")
     if config.get("caption_style", "german") not in CAPTION_STYLES:
         raise ValueError(f"caption_style must be one of {sorted(CAPTION_STYLES)}, got {config.get('caption_style')!r}")
+    replay = config.get("replay", 0.0)
+    if not isinstance(replay, (int, float)) or not 0.0 <= replay < 1.0:
+        raise ValueError(f"replay must be a number in [0, 1), got {replay!r}")
     max_steps = config.get("max_steps")
     if not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
@@ -272,7 +286,7 @@ def finetune(config: dict) -> dict:
 
     model = AutoModelForImageTextToText.from_pretrained(str(base_dir))
     processor = AutoProcessor.from_pretrained(str(base_dir))
-    splits = styled_digits(style, model.config.image_size, seed)
+    splits = styled_digits(style, model.config.image_size, seed, float(config.get("replay", 0.0)))
     before, _ = evaluate_style(model, processor, splits["heldout"], style, evaluation, seed)
     print(f"before fine-tuning ({config.get('caption_style', 'german')}): "
           + ", ".join(f"{k} {v:.3f}" for k, v in before.items() if isinstance(v, float)))

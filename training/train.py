@@ -16,7 +16,7 @@ import math
 import os
 import sys
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -105,7 +105,6 @@ class TrainingRun:
     collator: MMARDataCollator
     trainer: MMARTrainer
     time_budget: TimeBudgetCallback
-    extras: dict = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------------------ building blocks
@@ -131,16 +130,21 @@ def build_datasets(data_config: dict, image_size: int, seed: int):
         corpus = [row["caption"] for _, row in zip(range(limit), train)]
     else:
         corpus = list(train["caption"])
-    return train, heldout, corpus + ["What is in the image?"]
+    return train, heldout, corpus
 
 
 def build_tokenizer_for(data_config: dict, corpus: list[str]):
-    from processors import build_tokenizer
+    """A word-level tokenizer trained on the data's text, or `data.tokenizer` loaded (image tokens added if missing)."""
+    from processors import add_image_tokens, build_tokenizer
 
     if data_config.get("tokenizer"):
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(data_config["tokenizer"])
+        tokenizer = AutoTokenizer.from_pretrained(data_config["tokenizer"])
+        add_image_tokens(tokenizer)
+        if tokenizer.pad_token is None:  # batches are padded; many causal-LM tokenizers ship without a pad token
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
     return build_tokenizer(corpus)
 
 

@@ -1,0 +1,75 @@
+"""Benchmark suites: which sections run, at which sizes, with how many side-by-side rounds.
+
+cpu-small  the default: the demo geometry (or the trained demo model) on CPU, every section; < 8 min on a quiet
+           2-core machine.
+smoke      the same mechanics at the smallest sizes with 1 round (the harness' own test; numbers mean nothing).
+gpu        the paper-0.5b geometry (Qwen2-0.5B + KL-16 VAE, 256x256) in bf16 on a CUDA device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    repeats: int = 3
+    needs_cuda: bool = False
+    sampler: dict | None = None  # sampler_bench: optimised vs naive
+    janus: dict | None = None  # janus_bench over image tokens (also the time-vs-tokens scaling plot)
+    num_iter_scaling: dict | None = None  # janus_bench at one L over num_iter
+    training: dict | None = None  # training_bench headline (+ profile)
+    training_scaling: dict | None = None  # training_bench over sequence length
+    gpu: dict | None = None  # gpu_bench
+    extra: dict = field(default_factory=dict)
+
+
+SUITES = {
+    "cpu-small": Suite(
+        name="cpu-small",
+        description="demo geometry (Qwen2 128x4 layers, 8x8 digits, 16 tokens of dim 4) on CPU, 1 thread",
+        repeats=3,
+        sampler={"images": 10, "num_iter": 16, "guidance_scale": 3.0, "temperature": 1.0,
+                 "quality_seeds_per_digit": 10},
+        janus={"tokens": [16, 64, 256, 1024], "images": 1, "num_iter": [4, 16], "guidance_scale": 3.0,
+               "scheduler": "ddim", "steps": 25},
+        num_iter_scaling={"tokens": [64], "images": 2, "num_iter": [4, 8, 16, 32, 64], "guidance_scale": 3.0,
+                          "scheduler": "ddim", "steps": 25},
+        training={"batch_size": 64, "steps_per_round": 2, "image_tokens": [16], "profile": True},
+        training_scaling={"batch_size": 8, "steps_per_round": 1, "image_tokens": [16, 64, 256, 1024],
+                          "profile": False},
+    ),
+    "smoke": Suite(
+        name="smoke",
+        description="harness self-test: smallest sizes, 1 round (the numbers mean nothing)",
+        repeats=1,
+        sampler={"images": 2, "num_iter": 4, "guidance_scale": 3.0, "temperature": 1.0,
+                 "quality_seeds_per_digit": 1, "reference_steps": 4, "ddim_steps": [2], "dpm_steps": [2]},
+        janus={"tokens": [16], "images": 1, "num_iter": [4], "guidance_scale": 3.0, "scheduler": "ddim",
+               "steps": 2},
+        num_iter_scaling={"tokens": [16], "images": 1, "num_iter": [2, 4], "guidance_scale": 3.0,
+                          "scheduler": "ddim", "steps": 2},
+        training={"batch_size": 4, "steps_per_round": 1, "image_tokens": [16], "profile": True},
+        training_scaling={"batch_size": 2, "steps_per_round": 1, "image_tokens": [16, 64], "profile": False},
+    ),
+    "gpu": Suite(
+        name="gpu",
+        description="paper-0.5b geometry (Qwen2-0.5B + KL-16 VAE, 256x256, 256 tokens) in bf16 on CUDA",
+        repeats=3,
+        needs_cuda=True,
+        gpu={"config": "training/configs/model/paper-0.5b.json", "batch_sizes": [1, 16, 64], "num_iter": 64,
+             "guidance_scale": 3.0, "scheduler": "ddim", "steps": 25, "naive_batch_size": 16,
+             "janus_batch_size": 16, "train_batch_size": 16, "prompt_tokens": 8},
+    ),
+}
+
+
+def get_suite(name: str) -> Suite:
+    if name not in SUITES:
+        raise ValueError(f"unknown suite {name!r}; choose one of {sorted(SUITES)}")
+    return SUITES[name]
+
+
+__all__ = ["SUITES", "Suite", "get_suite"]
