@@ -41,6 +41,8 @@ def test_batch_layout_and_label_masking(processor, rows):
     batch = collator(rows[:16])
     ids, labels, attention = batch["input_ids"], batch["labels"], batch["attention_mask"]
     assert batch["pixel_values"].shape == (16, 1, 8, 8)
+    expected_pixels = np.stack([np.asarray(row["image"], np.float32) / 127.5 - 1.0 for row in rows[:16]])
+    np.testing.assert_allclose(batch["pixel_values"][:, 0].numpy(), expected_pixels, atol=1e-5)  # images in order
     assert batch["image_mask"].shape == (16, L) and batch["image_mask"].dtype == torch.bool
     assert ((ids == processor.image_token_id).sum(1) == L).all()  # one whole span per row
     assert (labels[attention == 0] == IGNORE_INDEX).all()  # padding
@@ -186,6 +188,16 @@ def test_reproducible_per_row_whatever_the_batch(processor, rows):
     assert not torch.equal(a(rows[:8])["image_mask"], batch_a["image_mask"])
     other = MMARDataCollator(processor, L, seed=8)
     assert not torch.equal(other(rows[:8])["image_mask"], batch_a["image_mask"])
+
+
+def test_dataloader_workers_give_the_same_batches(processor, rows):
+    collator = MMARDataCollator(processor, L, seed=5)
+    loader = lambda workers: torch.utils.data.DataLoader(rows[:32], batch_size=8, collate_fn=collator,
+                                                          num_workers=workers)
+    in_process, in_workers = list(loader(0)), list(loader(2))
+    for a, b in zip(in_process, in_workers, strict=True):
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
 
 
 def test_bad_settings_are_rejected(processor):

@@ -220,3 +220,14 @@ def test_shipped_accelerate_configs_parse():
         config = load_config_from_file(str(CONFIG_DIR / "accelerate" / f"{name}.yaml"))
         assert config.distributed_type.value == distributed_type, name
     assert load_config_from_file(str(CONFIG_DIR / "accelerate" / "cpu_2proc.yaml")).num_processes == 2
+
+
+def test_bad_datasets_fail_by_name_before_any_output(tmp_path, digits):
+    _write_split(tmp_path / "data" / "train", digits, range(0, 8))
+    (tmp_path / "data" / "train" / "3.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(ValueError, match=r"Unreadable image .*3\.png"):
+        train(tiny(f"data.dataset={tmp_path / 'data'}"), output_dir=str(tmp_path / "out"))
+    with pytest.raises(ValueError, match=r"no caption column 'caption'.*'text'"):
+        train(tiny(f"data.dataset={tmp_path / 'data'}", "data.caption_column=caption"),
+              output_dir=str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

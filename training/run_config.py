@@ -32,6 +32,7 @@ DATA_KEYS = {
     "eval_split": "held-out split of a generic dataset (null: hold out eval_fraction of the training split)",
     "eval_fraction": "fraction held out when there is no eval_split",
     "streaming": "stream a generic dataset instead of downloading / preparing it",
+    "verify_images": "open every image once before training (default true; not for streamed datasets)",
     "tokenizer": "null: train a tokenizer on the dataset's text; else a tokenizer path to load",
     "max_corpus_texts": "number of captions read to build the tokenizer of a streamed dataset",
 }

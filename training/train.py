@@ -116,7 +116,8 @@ def build_datasets(data_config: dict, image_size: int, seed: int):
         return splits["train"], splits["heldout"], digits_corpus()
     common = dict(image_column=data_config.get("image_column", "image"),
                   caption_column=data_config.get("caption_column", "text"),
-                  streaming=bool(data_config.get("streaming", False)))
+                  streaming=bool(data_config.get("streaming", False)),
+                  verify_images=bool(data_config.get("verify_images", True)))
     train = load_image_text_dataset(name, split=data_config.get("split", "train"), **common)
     if data_config.get("eval_split"):
         heldout = load_image_text_dataset(name, split=data_config["eval_split"], **common)
