@@ -20,6 +20,7 @@ import torch
 from transformers import DynamicCache, GenerationConfig, JanusConfig, JanusForConditionalGeneration
 
 from .counters import count_calls
+from .profiling import profile_call, sampler_regions
 from .sampler_bench import SamplerVariant, make_runner
 from .subjects import digit_prompts, random_subject
 from .timing import ratio, side_by_side
@@ -80,7 +81,7 @@ def copy_config(config: GenerationConfig) -> GenerationConfig:
 
 
 def run_janus_benchmark(settings: dict, repeats: int, base_text_config: dict | None = None,
-                        name: str = "janus") -> dict:
+                        name: str = "janus", profile: bool = True) -> dict:
     """settings: tokens (list of L), images (batch), num_iter (list; capped at L), guidance_scale, scheduler,
     steps. One row per (L, num_iter)."""
     rows, notes = [], set()
@@ -109,6 +110,11 @@ def run_janus_benchmark(settings: dict, repeats: int, base_text_config: dict | N
                 runner()
             passes[key] = calls["backbone"]
         timings = side_by_side(candidates, repeats=repeats, warmup=0)
+        largest = max(k for k in candidates if k != "janus")
+        shares = None
+        if profile:  # where MMAR's time goes at this size (its largest num_iter)
+            runner = candidates[largest]
+            shares = profile_call(runner, **sampler_regions(mmar, runner.scheduler))["regions_share"]
         for key in candidates:
             if key == "janus":
                 continue
@@ -121,6 +127,7 @@ def run_janus_benchmark(settings: dict, repeats: int, base_text_config: dict | N
                 "mmar_backbone_passes": passes[key],
                 "janus_backbone_passes": passes["janus"],
                 "speedup": ratio(timings["janus"], timings[key]).summary(),
+                **({"mmar_time_share": shares} if key == largest and shares is not None else {}),
             })
     return {
         "name": name,

@@ -29,6 +29,12 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
+def _shares(shares: dict) -> str:
+    parts = [f"{name} {share:.0%}" for name, share in sorted(shares.items(), key=lambda kv: -kv[1])]
+    rest = 1.0 - sum(shares.values())
+    return ", ".join(parts + ([f"everything else {rest:.0%}"] if rest > 0 else []))
+
+
 def sampler_markdown(section: dict) -> list[str]:
     s = section["settings"]
     lines = [f"### {section['title']}", "",
@@ -57,6 +63,10 @@ def sampler_markdown(section: dict) -> list[str]:
              "max_abs_diff_vs_naive" in r]
     if diffs:
         lines += ["", "Same images as the naive loop (max abs pixel difference): " + "; ".join(diffs) + "."]
+    profile = section.get("profile")
+    if profile:
+        lines += ["", f"Where the time of `{profile['variant']}` goes (torch.profiler, one call): "
+                      f"{_shares(profile['regions_share'])}."]
     patched = [f"{r['variant']}: {r['max_abs_diff_vs_unpatched']:.1e}" for r in section["rows"] if
                "max_abs_diff_vs_unpatched" in r]
     if patched:
@@ -70,11 +80,15 @@ def janus_markdown(section: dict) -> list[str]:
              f"{s['images']} image(s) per batch, guidance {s['guidance_scale']} (both batch their CFG rows); MMAR "
              f"head: {s['scheduler']} {s['steps']} steps; Janus VQ codebook {s['janus_codebook']}; random weights; "
              f"{s['repeats']} side-by-side rounds. Seconds per image include decoding to pixels.", ""]
+    def share(r):
+        t = r.get("mmar_time_share")
+        return "" if not t else " / ".join(f"{t.get(k, 0):.0%}" for k in ("LLM", "diffusion head", "scheduler step"))
+
     rows = [[r["image_tokens"], r["mmar_num_iter"], f"{r['mmar_seconds_per_image']:.3f}",
              f"{r['janus_seconds_per_image']:.3f}", f"{r['mmar_backbone_passes']} / {r['janus_backbone_passes']}",
-             _spread(r["speedup"])] for r in section["rows"]]
+             _spread(r["speedup"]), share(r)] for r in section["rows"]]
     lines += _table(["image tokens", "MMAR num_iter", "MMAR s/image", "Janus s/image",
-                     "LLM passes MMAR / Janus", "MMAR speed-up"], rows)
+                     "LLM passes MMAR / Janus", "MMAR speed-up", "MMAR time in LLM / head / scheduler"], rows)
     if section.get("notes"):
         lines += [""] + [f"- {note}" for note in section["notes"]]
     return lines
@@ -97,6 +111,9 @@ def training_markdown(section: dict) -> list[str]:
         total = section["rows"][0]["mmar_seconds_per_step"] - section["rows"][0]["lm_seconds_per_step"]
         lines += ["", f"Where MMAR's extra {total * 1e3:.0f} ms per step goes (each part timed alone):", ""]
         lines += _table(["part", "ms"], [[name, f"{sec * 1e3:.1f}"] for name, sec in parts.items()])
+    if section.get("profile"):
+        lines += ["", "torch.profiler regions of one MMAR step (forward side; backward is listed by autograd node in "
+                      "training_profile.txt): " + _shares(section["profile"]["regions_share"]) + "."]
     if section.get("flop_estimate"):
         lines += ["", "Expected overhead from FLOPs (head x diffusion_batch_mul vs LLM, forward+backward): " +
                   "; ".join(f"{name}: {value:+.0%}" for name, value in section["flop_estimate"].items())]

@@ -26,7 +26,7 @@ def run_section(name: str, suite: Suite, out_dir: Path, model_dir: str | None, r
         from .sampler_bench import run_sampler_benchmark
         from .subjects import load_subject
 
-        return run_sampler_benchmark(load_subject(model_dir), settings, repeats)
+        return run_sampler_benchmark(load_subject(model_dir), settings, repeats, out_dir=out_dir)
     if name in ("janus", "num_iter_scaling"):
         from .janus_bench import run_janus_benchmark
 

@@ -19,6 +19,7 @@ import torch
 
 from .counters import count_calls
 from .head_reuse import reused_head_embeddings
+from .profiling import profile_call, sampler_regions
 from .naive_sampler import naive_generate
 from .subjects import digit_prompts
 from .timing import ratio, side_by_side
@@ -96,6 +97,7 @@ def make_runner(model, variant: SamplerVariant, prompts: dict, seeds: list[int],
             return model.generate(**prompts, generation_mode="image", scheduler=scheduler,
                                   num_inference_steps=variant.steps, use_cache=variant.use_cache,
                                   generator=generators(), output_type=output_type, show_progress=False, **sampling)
+    run.scheduler = scheduler  # for profiling regions
     return run
 
 
@@ -140,7 +142,7 @@ def matched_quality(candidate: dict, reference: dict, tolerance: float = QUALITY
     return bool(fd_ok and accuracy_ok)
 
 
-def run_sampler_benchmark(subject, settings: dict, repeats: int, variants=None) -> dict:
+def run_sampler_benchmark(subject, settings: dict, repeats: int, variants=None, out_dir=None) -> dict:
     """settings: images (batch size timed), num_iter, guidance_scale, temperature, quality_seeds_per_digit, and
     optionally reference_steps / ddim_steps / dpm_steps (the variants). The first variant is the naive baseline."""
     if variants is None:
@@ -179,6 +181,14 @@ def run_sampler_benchmark(subject, settings: dict, repeats: int, variants=None) 
 
     if subject.trained and settings.get("quality_seeds_per_digit"):
         add_quality(rows, model, subject.processor, variants, sampling, settings["quality_seeds_per_digit"])
+    headline = pick_headline(rows, any("quality" in row for row in rows))
+    profiled = next((v for v in variants if v.name == headline["variant"] and not v.head_reuse), None)
+    profile = None
+    if profiled is not None:  # where the optimised sampler spends its time
+        runner = runners[profiled.name]
+        profile = {"variant": profiled.name, **profile_call(
+            runner, out_dir / "sampler_profile.txt" if out_dir is not None else None,
+            **sampler_regions(model, getattr(runner, "scheduler", None)))}
     return {
         "name": "sampler",
         "title": "Text -> image sampler: optimised vs naive MAR loop",
@@ -187,7 +197,8 @@ def run_sampler_benchmark(subject, settings: dict, repeats: int, variants=None) 
         "settings": {**sampling, "images_per_batch": len(digits), "repeats": repeats,
                      "quality_images": 10 * settings.get("quality_seeds_per_digit", 0) if subject.trained else 0},
         "rows": rows,
-        "headline": pick_headline(rows, any("quality" in row for row in rows)),
+        "headline": headline,
+        "profile": profile,
     }
 
 
@@ -217,7 +228,8 @@ def add_quality(rows: list[dict], model, processor, variants, sampling: dict, se
 def pick_headline(rows: list[dict], quality_measured: bool) -> dict:
     """The fastest optimised variant whose quality matches the naive path's (any variant when quality is not
     measurable), with its speed-up and whether the >= 5x target is met."""
-    candidates = [r for r in rows[1:] if not quality_measured or r.get("quality_matched")]
+    candidates = [r for r in rows[1:] if (not quality_measured or r.get("quality_matched"))
+                  and "prototype" not in r["variant"]]
     if not candidates:
         return {"variant": None, "speedup": None, "target": f">= {SPEEDUP_TARGET:g}x", "met": False,
                 "note": "no optimised variant matched the naive path's quality"}

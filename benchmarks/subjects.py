@@ -10,6 +10,7 @@ difference to speed; `randomize_head` gives them non-zero weights where a test n
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,14 +31,22 @@ class Subject:
     source: str  # where it came from, for the report
 
 
+@functools.lru_cache(maxsize=1)
+def digits_tokenizer():
+    """The demo's tokenizer (trained on the digits captions, deterministic)."""
+    from training.data import digits_corpus
+    from training.train import build_tokenizer_for
+
+    return build_tokenizer_for({}, digits_corpus())
+
+
 def demo_geometry_config(**overrides) -> tuple[MMARConfig, object]:
     """(MMARConfig, tokenizer) of the demo's run config with the digits tokenizer; `overrides` replace MMARConfig
     fields (`text_config` entries are merged into the demo's text config)."""
-    from training.data import digits_corpus
     from training.run_config import load_config
-    from training.train import build_model_config, build_tokenizer_for
+    from training.train import build_model_config
 
-    tokenizer = build_tokenizer_for({}, digits_corpus())
+    tokenizer = digits_tokenizer()
     section = copy.deepcopy(load_config()["model"])
     text_overrides = overrides.pop("text_config", None) or {}
     section["text_config"] = {**section.get("text_config", {}), **text_overrides}

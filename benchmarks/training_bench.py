@@ -4,8 +4,8 @@ One step = forward, backward, AdamW step, zero_grad, on a batch from the real tr
 understanding, half generation samples, stage-1 masking). The bare LM is `AutoModelForCausalLM.from_config` of the
 same `text_config`, trained on the same `input_ids` (its image spans are ordinary token ids). Figures:
 - time: side-by-side rounds, MMAR's overhead = t_MMAR / t_LM - 1;
-- peak memory: the largest total of live CPU/GPU tensors during one step (parameters, gradients, optimizer state,
-  activations) from torch.profiler's memory timeline, with its split by category at the peak;
+- peak memory: the largest total of live tensors during one step (parameters, gradients, optimizer state,
+  activations), with its split by category at the peak (torch's MemTracker on CPU, the allocator on CUDA);
 - overhead split: forward + backward of each MMAR-only part alone (image tokenizer, mask building, image embedder,
   diffusion loss = head x diffusion_batch_mul), and a torch.profiler table of one MMAR step with record_function
   regions around those parts, written next to the results.
@@ -14,28 +14,34 @@ same `text_config`, trained on the same `input_ids` (its image spans are ordinar
 from __future__ import annotations
 
 import contextlib
+import functools
 import statistics
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM
 
+from .profiling import profile_call
 from .subjects import random_subject
 from .timing import ratio, side_by_side, time_call
 
 TIME_OVERHEAD_TARGET = 0.25
 MEMORY_RATIO_TARGET = 1.3
-MEMORY_CATEGORIES = ("unknown", "input", "temporary", "activation", "gradient", "autograd_detail", "parameter",
-                     "optimizer_state")
+
+
+@functools.lru_cache(maxsize=8)
+def _digits(image_size: int, seed: int):
+    from training.data import load_digits_dataset
+
+    return load_digits_dataset(image_size=image_size, seed=seed)["train"]
 
 
 def training_batch(subject, batch_size: int, seed: int = 0) -> dict:
     """A batch from the project's collator over real digits (resized to the model's image size)."""
     from training.collator import MMARDataCollator
-    from training.data import load_digits_dataset
 
     cfg = subject.model.config
-    dataset = load_digits_dataset(image_size=max(8, cfg.image_size), seed=seed)["train"]
+    dataset = _digits(max(8, cfg.image_size), seed)
     collator = MMARDataCollator(subject.processor, cfg.tokens_per_image, seed=seed)
     rows = [dataset[i] for i in range(batch_size)]
     batch = collator(rows)
@@ -74,10 +80,8 @@ class TrainStep:
 
 
 def peak_memory(step: TrainStep) -> dict:
-    """Peak live tensor bytes during one step (after a warm-up step: optimizer state exists) and its split."""
-    from torch.profiler import ProfilerActivity, profile
-    from torch.profiler._memory_profiler import MemoryProfileTimeline
-
+    """Peak live tensor bytes during one step (after a warm-up step: optimizer state exists) and its split by
+    kind (parameters, gradients, optimizer state, activations, ...) at the peak."""
     step()
     device = next(step.model.parameters()).device
     if device.type == "cuda":
@@ -87,14 +91,17 @@ def peak_memory(step: TrainStep) -> dict:
         step()
         torch.cuda.synchronize()
         return {"peak_bytes": torch.cuda.max_memory_allocated(), "start_bytes": start, "source": "torch.cuda"}
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+    # torch's MemTracker (a TorchDispatchMode that follows every tensor storage, with categories); it agrees with
+    # torch.profiler's memory timeline to the byte on these steps and is several times faster.
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    tracker = MemTracker()
+    tracker.track_external(step.model, step.optimizer, *step.batch.values())
+    with tracker:
         step()
-    _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline("cpu")
-    totals = [sum(row) for row in sizes]
-    peak_index = max(range(len(totals)), key=totals.__getitem__)
-    split = {name: value for name, value in zip(MEMORY_CATEGORIES, sizes[peak_index]) if value}
-    return {"peak_bytes": totals[peak_index], "start_bytes": totals[0], "at_peak": split,
-            "source": "torch.profiler memory timeline"}
+    snapshot = tracker.get_tracker_snapshot("peak")[device]
+    split = {str(getattr(k, "value", k)).lower(): v for k, v in snapshot.items() if k != "Total" and v}
+    return {"peak_bytes": snapshot["Total"], "at_peak": split, "source": "torch MemTracker (live tensor storages)"}
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -136,66 +143,16 @@ def overhead_parts(model, batch: dict, repeats: int) -> dict:
     return seconds
 
 
-@contextlib.contextmanager
-def profiler_regions(model):
-    """record_function regions around MMAR's parts for one profiled step (forward-side; backward ops are listed
-    by autograd node)."""
-    from torch.profiler import record_function
-
+def profile_step(step: TrainStep, path: Path) -> dict:
+    """One MMAR step under torch.profiler with regions around MMAR's parts; the top-ops table goes to `path`."""
+    model = step.model
     inner = model.model
-    wrapped = {(inner, "encode_images"): "mmar::image_tokenizer", (inner, "_image_span_masks"): "mmar::mask_building",
-               (inner, "image_embedder"): "mmar::image_embedder", (inner, "language_model"): "mmar::llm",
-               (model, "diffusion_loss"): "mmar::diffusion_loss", (model, "lm_head"): "mmar::lm_head"}
-    saved = []
-    for (owner, attribute), region in wrapped.items():
-        original = getattr(owner, attribute)
-        if isinstance(original, torch.nn.Module):
-            enter = original.register_forward_pre_hook(lambda m, a, region=region: _open_region(m, region))
-            leave = original.register_forward_hook(lambda m, a, o: _close_region(m))
-            saved.append(("hooks", enter, leave))
-            continue
-
-        def traced(*args, __original=original, __region=region, **kwargs):
-            with record_function(__region):
-                return __original(*args, **kwargs)
-
-        setattr(owner, attribute, traced)
-        saved.append(("attribute", owner, attribute))
-    try:
-        yield
-    finally:
-        for kind, first, second in saved:
-            if kind == "hooks":
-                first.remove()
-                second.remove()
-            else:
-                delattr(first, second)  # back to the class's method
-
-
-def _open_region(module, region):
-    from torch.profiler import record_function
-
-    module._benchmark_region = record_function(region)
-    module._benchmark_region.__enter__()
-
-
-def _close_region(module):
-    module._benchmark_region.__exit__(None, None, None)
-    del module._benchmark_region
-
-
-def profile_step(step: TrainStep, path: Path, row_limit: int = 30) -> dict:
-    """One MMAR step under torch.profiler with regions; writes the top-ops table to `path`; returns region ms."""
-    from torch.profiler import ProfilerActivity, profile
-
     step()
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    with profiler_regions(step.model), profile(activities=activities) as prof:
-        step()
-    averages = prof.key_averages()
-    sort_by = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
-    path.write_text(averages.table(sort_by=sort_by, row_limit=row_limit))
-    return {e.key: e.cpu_time_total / 1e3 for e in averages if e.key.startswith("mmar::")}
+    return profile_call(step, path, modules={"LLM": inner.language_model, "image embedder": inner.image_embedder,
+                                             "LM head": model.lm_head},
+                        methods={"image tokenizer": (inner, "encode_images"),
+                                 "mask building": (inner, "_image_span_masks"),
+                                 "diffusion loss (head x mul, fwd)": (model, "diffusion_loss")})
 
 
 def flop_overhead(config, tokens_per_row: float, masked_per_row: float) -> float:
@@ -239,7 +196,7 @@ def flop_estimates(measured_config, batch: dict) -> dict:
 def run_training_benchmark(settings: dict, repeats: int, out_dir: Path | None = None, device="cpu",
                            autocast_dtype=None, geometry: dict | None = None) -> dict:
     """settings: batch_size, steps_per_round, image_tokens (list: scaling over sequence length; the first entry is
-    the headline geometry), profile (bool). `geometry`: MMARConfig overrides of the models (default: the demo's
+    the headline geometry), profile (bool: for the first entry, the overhead split, FLOP estimate and profiler table). `geometry`: MMARConfig overrides of the models (default: the demo's
     geometry with image_size = 2 * sqrt(image_tokens), patch 2); weights are random (speed does not depend on them)."""
     rows, profile_regions, flops = [], None, None
     for index, num_tokens in enumerate(settings["image_tokens"]):
@@ -276,10 +233,10 @@ def run_training_benchmark(settings: dict, repeats: int, out_dir: Path | None = 
             "memory_source": memory_mmar["source"],
             "tokens_per_s_mmar": batch["input_ids"].numel() * steps / timings["mmar"].median,
         }
-        if index == 0:
+        if index == 0 and settings.get("profile", True):
             row["overhead_parts_s"] = overhead_parts(mmar, batch, repeats)
             flops = flop_estimates(mmar.config, batch)
-            if settings.get("profile", True) and out_dir is not None:
+            if out_dir is not None:
                 profile_regions = profile_step(mmar_step, out_dir / "training_profile.txt")
         rows.append(row)
     headline = rows[0]
@@ -288,7 +245,7 @@ def run_training_benchmark(settings: dict, repeats: int, out_dir: Path | None = 
         "title": "Training step: MMAR vs the bare backbone causal LM on the same tokens",
         "settings": {**settings, "repeats": repeats},
         "rows": rows,
-        "profile_regions_ms": profile_regions,
+        "profile": profile_regions,
         "flop_estimate": flops,
         "targets": {
             "time_overhead": {"value": headline["time_overhead"], "target": f"<= {TIME_OVERHEAD_TARGET:.0%}",

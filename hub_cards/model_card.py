@@ -22,7 +22,7 @@ TAGS = ["mmar", "custom_code", "multimodal", "text-to-image", "image-to-text", "
 DIGITS_DATASET = {"type": "sklearn-digits", "name": "scikit-learn handwritten digits (UCI ML, 8x8)",
                   "split": "heldout"}
 DIGITS_DESCRIPTION = (
-    "Measured by `mmar demo` on the held-out 20 % of scikit-learn's handwritten digits (never trained on). "
+    "Measured by `{command}` on the held-out 20 % of scikit-learn's handwritten digits (never trained on). "
     "Generated digits are read by an independent judge (an SVC trained on the train split only); digit-FD is the "
     "Fréchet distance between generated and held-out digits in the feature space of a small MLP classifier "
     "(lower is better)."
@@ -89,7 +89,8 @@ def _count_parameters(export_dir: Path) -> int:
 
 
 def _is_digits_run(metrics: dict, config: dict) -> bool:
-    return "mmar_demo" in metrics or "caption_accuracy" in metrics and config.get("image_size") == 8
+    return ("mmar_demo" in metrics or "mmar_finetune" in metrics
+            or "caption_accuracy" in metrics and config.get("image_size") == 8)
 
 
 def _eval_results(metrics: dict, dataset: dict) -> list[EvalResult]:
@@ -108,10 +109,13 @@ def _eval_results(metrics: dict, dataset: dict) -> list[EvalResult]:
 def _metric_rows(metrics: dict) -> list[tuple[str, str]]:
     names = {key: spec[3] for key, spec in MODEL_INDEX_METRICS.items()} | TABLE_ONLY_METRICS
     rows = [(name, _format(metrics[key], key in PERCENT_METRICS)) for key, name in names.items() if key in metrics]
-    before = metrics.get("before")  # fine-tuning runs record the metrics before and after
-    if isinstance(before, dict):
-        rows += [(f"{name} (before fine-tuning)", _format(before[key], key in PERCENT_METRICS))
-                 for key, name in names.items() if key in before]
+    # Fine-tuning runs (`mmar finetune`) also record the base model's numbers and the original task's.
+    for block, suffix in (("before", "before fine-tuning"), ("english_after", "original captions, after"),
+                          ("english_before", "original captions, before")):
+        values = metrics.get(block)
+        if isinstance(values, dict):
+            rows += [(f"{name} ({suffix})", _format(values[key], key in PERCENT_METRICS))
+                     for key, name in names.items() if key in values]
     return rows
 
 
@@ -194,7 +198,8 @@ def render_model_card(
         num_parameters=_format(_count_parameters(export_dir)),
         samples_image=SAMPLES_IMAGE if (export_dir / SAMPLES_IMAGE).is_file() else None,
         metric_rows=_metric_rows(metrics),
-        dataset_description=DIGITS_DESCRIPTION if digits else None,
+        dataset_description=DIGITS_DESCRIPTION.format(
+            command="mmar finetune" if "mmar_finetune" in metrics else "mmar demo") if digits else None,
         example_prompt=example_prompt or examples.get("example_prompt")
         or ("a handwritten seven" if digits else "a photo of a cat"),
         example_question=example_question or examples.get("example_question")

@@ -87,7 +87,8 @@ def test_plain_sft_trainer_would_skip_the_diffusion_loss(setup, tmp_path):
     loss_before, head_before = probe_image_loss(model, probe), head_weights(model)
     args = SFTConfig(output_dir=str(tmp_path), max_steps=5, per_device_train_batch_size=32, learning_rate=1e-3,
                      bf16=False, remove_unused_columns=False, max_length=None, report_to="none", save_strategy="no",
-                     gradient_checkpointing=False, dataset_kwargs={"skip_prepare_dataset": True})
+                     gradient_checkpointing=False, dataset_kwargs={"skip_prepare_dataset": True},
+                     dataloader_pin_memory=False)
     SFTTrainer(model=model, args=args, train_dataset=dataset, data_collator=batches, processing_class=processor).train()
     assert all(torch.equal(p.detach(), head_before[n]) for n, p in model.named_parameters() if n in head_before)
     assert probe_image_loss(model, probe) == pytest.approx(loss_before)

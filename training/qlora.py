@@ -35,15 +35,17 @@ def bnb_4bit_config(compute_dtype: torch.dtype | None = None):
     )
 
 
-def load_4bit(model_dir, compute_dtype: torch.dtype | None = None, device_map: str | None = None):
-    """An MMAR model from `model_dir` with its backbone in 4-bit NF4."""
+def load_4bit(model_dir, compute_dtype: torch.dtype | None = None, device_map: str | None = None,
+              **from_pretrained_kwargs):
+    """An MMAR model from `model_dir` with its backbone in 4-bit NF4 (extra kwargs go to `from_pretrained`)."""
     from transformers import AutoModelForImageTextToText
 
     import modeling_mmar  # noqa: F401  (registers the MMAR Auto classes)
 
     device_map = device_map or ("cuda" if torch.cuda.is_available() else "cpu")
     return AutoModelForImageTextToText.from_pretrained(
-        str(model_dir), quantization_config=bnb_4bit_config(compute_dtype), device_map=device_map)
+        str(model_dir), quantization_config=bnb_4bit_config(compute_dtype), device_map=device_map,
+        **from_pretrained_kwargs)
 
 
 def quantized_module_names(model) -> list[str]:
@@ -53,13 +55,13 @@ def quantized_module_names(model) -> list[str]:
 
 
 def qlora_model(model_dir, compute_dtype: torch.dtype | None = None, gradient_checkpointing: bool = False,
-                **lora_kwargs):
-    """4-bit backbone + `prepare_model_for_kbit_training` + MMAR's LoRA recipe (see training.lora)."""
+                load_kwargs: dict | None = None, **lora_kwargs):
+    """4-bit backbone + `prepare_model_for_kbit_training` + MMAR's LoRA recipe (`lora_kwargs`, see training.lora)."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     from .lora import lora_config
 
-    model = load_4bit(model_dir, compute_dtype)
+    model = load_4bit(model_dir, compute_dtype, **(load_kwargs or {}))
     quantized = quantized_module_names(model)
     outside = [name for name in quantized if not name.startswith("model.language_model.")]
     if outside:

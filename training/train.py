@@ -52,16 +52,19 @@ class MMARTrainer(Trainer):
         split = "train" if model.training else "eval"
         for name in LOSS_PARTS:
             value = outputs.get(name) if isinstance(outputs, dict) else None
-            if value is not None:
-                self._loss_sums[split][name] += float(value.detach().float())
+            if value is not None:  # kept on the device: no synchronisation per step
+                self._loss_sums[split][name] = self._loss_sums[split][name] + value.detach().double()
                 self._loss_counts[split][name] += 1
         return (loss, outputs) if return_outputs else loss
 
     def _drain_loss_parts(self, split: str) -> dict[str, float]:
         """Mean of each loss part since the last call, over every process (all processes must call this)."""
         sums, counts = self._loss_sums[split], self._loss_counts[split]
-        values = torch.tensor([[sums[n], counts[n]] for n in LOSS_PARTS], dtype=torch.float64,
-                              device=self.args.device)
+        values = torch.stack([
+            torch.stack([torch.as_tensor(sums[n], dtype=torch.float64, device=self.args.device),
+                         torch.tensor(float(counts[n]), dtype=torch.float64, device=self.args.device)])
+            for n in LOSS_PARTS
+        ])
         if self.accelerator.num_processes > 1:
             values = self.accelerator.reduce(values, reduction="sum")
         sums.clear()
