@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM, JanusForConditionalGeneration
 from modeling_mmar import MMARConfig, MMARForConditionalGeneration
 
 from .janus_bench import JanusRunner, janus_config
+from .profiling import profile_call, sampler_regions
 from .sampler_bench import SamplerVariant, make_runner
 from .timing import ratio, side_by_side
 from .training_bench import TrainStep, lm_batch, peak_memory
@@ -36,6 +37,10 @@ def load_config(spec) -> MMARConfig:
         path = Path(spec) if Path(spec).is_absolute() else ROOT / spec
         spec = json.loads(path.read_text())
     return MMARConfig(**spec)
+
+
+def geometry_name(spec) -> str:
+    return Path(spec).stem if isinstance(spec, (str, Path)) else "custom"
 
 
 def peak_tflops(device_name: str) -> float | None:
@@ -131,8 +136,12 @@ def run_gpu_benchmark(settings: dict, repeats: int, out_dir: Path | None = None)
                               "seconds_per_image": timing.median / batch_size, "timing": timing.summary()})
 
     batch_size = settings["naive_batch_size"]
+    fast_runner = runner(fast, batch_size)
+    profile = {"variant": fast.name, "batch_size": batch_size, **profile_call(
+        fast_runner, out_dir / "gpu_sampler_profile.txt" if out_dir is not None else None,
+        **sampler_regions(model, fast_runner.scheduler))}
     naive = SamplerVariant("naive", steps=100, naive=True)
-    timings = side_by_side({"naive": runner(naive, batch_size), "fast": runner(fast, batch_size)},
+    timings = side_by_side({"naive": runner(naive, batch_size), "fast": fast_runner},
                            repeats=repeats, warmup=1)
     naive_speedup = ratio(timings["naive"], timings["fast"]).summary()
 
@@ -153,11 +162,12 @@ def run_gpu_benchmark(settings: dict, repeats: int, out_dir: Path | None = None)
     training = run_gpu_training(config, settings, repeats, device, dtype, device_name)
     return {
         "name": "gpu",
-        "title": f"GPU: paper-0.5b geometry, {settings.get('dtype', 'bfloat16')}",
+        "title": f"GPU: {geometry_name(settings['config'])} geometry, {settings.get('dtype', 'bfloat16')}",
         "device": device_name,
         "settings": {**settings, "repeats": repeats},
         "rows": sampling_rows,
         "sampling": sampling_rows,
+        "sampler_profile": profile,
         "naive_speedup": naive_speedup,
         "janus_speedup": janus_speedup,
         "training": training,
@@ -171,7 +181,8 @@ def run_gpu_training(config, settings: dict, repeats: int, device, dtype, device
     with device:
         mmar = MMARForConditionalGeneration(config)
         backbone = AutoModelForCausalLM.from_config(config.text_config)
-    steps = {"mmar": TrainStep(mmar, batch, 1, dtype), "lm": TrainStep(backbone, lm_batch(batch), 1, dtype)}
+    autocast = dtype if dtype != torch.float32 else None
+    steps = {"mmar": TrainStep(mmar, batch, 1, autocast), "lm": TrainStep(backbone, lm_batch(batch), 1, autocast)}
     timings = side_by_side(steps, repeats=repeats, warmup=1)
     peak = peak_tflops(device_name)
     result = {}

@@ -1,4 +1,5 @@
-"""The naive MAR sampling loop: the baseline the optimised `model.generate(generation_mode="image")` is measured against.
+"""The naive MAR sampling loop: the baseline that the optimised `model.generate(generation_mode="image")` is
+measured against.
 
 It is the masked-AR algorithm exactly as the MAR reference code reads, with none of the optimisations:
 - no prefix KV cache: the whole sequence `prompt <boi> [image span]` runs through the LLM at every masked-AR step;

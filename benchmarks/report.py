@@ -67,10 +67,6 @@ def sampler_markdown(section: dict) -> list[str]:
     if profile:
         lines += ["", f"Where the time of `{profile['variant']}` goes (torch.profiler, one call): "
                       f"{_shares(profile['regions_share'])}."]
-    patched = [f"{r['variant']}: {r['max_abs_diff_vs_unpatched']:.1e}" for r in section["rows"] if
-               "max_abs_diff_vs_unpatched" in r]
-    if patched:
-        lines += ["", "Same images as without the prototype (max abs pixel difference): " + "; ".join(patched) + "."]
     return lines
 
 
@@ -100,11 +96,11 @@ def training_markdown(section: dict) -> list[str]:
              f"Batch {s['batch_size']} from the training collator (half understanding, half generation), AdamW; "
              f"{s['repeats']} side-by-side rounds. Memory: peak live tensors in one step "
              f"({section['rows'][0]['memory_source']}).", ""]
-    rows = [[r["image_tokens"], r["sequence_length"], f"{r['lm_seconds_per_step'] * 1e3:.0f}",
+    rows = [[r.get("model", "MMAR"), r["image_tokens"], r["sequence_length"], f"{r['lm_seconds_per_step'] * 1e3:.0f}",
              f"{r['mmar_seconds_per_step'] * 1e3:.0f}", f"{r['time_overhead']:+.0%}",
              f"{r['lm_peak_memory_mb']:.1f}", f"{r['mmar_peak_memory_mb']:.1f}", _x(r["memory_ratio"])]
             for r in section["rows"]]
-    lines += _table(["image tokens", "sequence", "LM ms/step", "MMAR ms/step", "time overhead", "LM peak MB",
+    lines += _table(["model", "image tokens", "sequence", "LM ms/step", "MMAR ms/step", "time overhead", "LM peak MB",
                      "MMAR peak MB", "memory ratio"], rows)
     parts = section["rows"][0].get("overhead_parts_s")
     if parts:
@@ -125,15 +121,22 @@ def gpu_markdown(section: dict) -> list[str]:
     lines += _table(["batch", "images/s", "s/image"],
                     [[r["batch_size"], f"{r['images_per_s']:.2f}", f"{r['seconds_per_image']:.3f}"]
                      for r in section["sampling"]])
-    for key in ("naive_speedup", "janus_speedup"):
-        if section.get(key):
-            lines += ["", f"{key.replace('_', ' ')}: {_spread(section[key])}"]
+    s = section["settings"]
+    lines += ["", f"Optimised sampler ({s['scheduler']} {s['steps']} head steps, num_iter {s['num_iter']}, guidance "
+                  f"{s['guidance_scale']}) vs the naive MAR loop at batch {s['naive_batch_size']}: "
+                  f"{_spread(section['naive_speedup'])}; vs Janus (same backbone, same image tokens) at batch "
+                  f"{s['janus_batch_size']}: {_spread(section['janus_speedup'])} (per image, side by side)."]
+    if section.get("sampler_profile"):
+        lines += ["", "Where the optimised sampler's time goes (host-side regions, gpu_sampler_profile.txt has the "
+                      f"device columns): {_shares(section['sampler_profile']['regions_share'])}."]
     if section.get("training"):
         t = section["training"]
         lines += ["", *_table(["model", "ms/step", "tokens/s", "MFU", "peak GB"], [
             [name, f"{v['seconds_per_step'] * 1e3:.0f}", f"{v['tokens_per_s']:.0f}",
              "n/a" if v.get("mfu") is None else f"{v['mfu']:.1%}", f"{v['peak_memory_gb']:.2f}"]
-            for name, v in t.items() if isinstance(v, dict)])]
+            for name, v in ((n, t[n]) for n in ("lm", "mmar"))])]
+        lines += ["", f"MMAR / LM time per step: {_spread(t['time_ratio'])}; MFU against a dense bf16 peak of "
+                      f"{t['peak_tflops_assumed']} TFLOP/s."]
     return lines
 
 
@@ -219,7 +222,7 @@ def plot_num_iter(section: dict, path: Path) -> None:
 
 
 def plot_training(section: dict, path: Path) -> None:
-    rows = section["rows"]
+    rows = [r for r in section["rows"] if r.get("model", "MMAR") == "MMAR"]
     seq = [r["sequence_length"] for r in rows]
     fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(10, 4))
     ax_time.plot(seq, [r["lm_seconds_per_step"] * 1e3 for r in rows], "o-", color="black", label="backbone LM")

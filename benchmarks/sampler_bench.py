@@ -2,7 +2,8 @@
 
 Variants, each adding one optimisation to the previous one:
   naive             no prefix cache, separate cond/uncond LLM passes and head calls, 100-step DDPM head
-  batched CFG       cond + uncond rows in one LLM pass and one head call (still no cache, DDPM 100)
+  batched CFG       cond + uncond rows in one LLM pass and one head call, the head's condition embedding computed
+                    once per masked-AR step and its timestep embedding once per head step (no cache, DDPM 100)
   + prefix cache    the prompt's KV cache reused at every masked-AR step (DDPM 100)
   + DDIM n / DPM-Solver++ n   fewer head steps with a diffusers scheduler built from the model's
 Speed: images/s of each variant and its speed-up over naive, measured side by side (timing.side_by_side).
@@ -11,14 +12,12 @@ Quality (only with the trained demo model): generated-digit accuracy and digit-F
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .counters import count_calls
-from .head_reuse import reused_head_embeddings
 from .profiling import profile_call, sampler_regions
 from .naive_sampler import naive_generate
 from .subjects import digit_prompts
@@ -35,13 +34,10 @@ class SamplerVariant:
     steps: int = 100
     use_cache: bool = True
     naive: bool = False
-    head_reuse: bool = False  # benchmarks/head_reuse.py: the proposed head-embedding reuse (prototype)
 
 
-def default_variants(reference_steps: int = 100, ddim_steps=(50, 25), dpm_steps=(20,),
-                     head_reuse: bool = True) -> tuple[SamplerVariant, ...]:
-    """naive, then one optimisation at a time (see the module docstring); last, the proposed head-embedding reuse
-    on top of the fewest DDIM steps."""
+def default_variants(reference_steps: int = 100, ddim_steps=(50, 25), dpm_steps=(20,)) -> tuple[SamplerVariant, ...]:
+    """naive, then one optimisation at a time (see the module docstring)."""
     n = reference_steps
     variants = [
         SamplerVariant(f"naive MAR loop (no cache, separate CFG, DDPM {n})", steps=n, naive=True),
@@ -50,10 +46,6 @@ def default_variants(reference_steps: int = 100, ddim_steps=(50, 25), dpm_steps=
         *(SamplerVariant(f"+ DDIM {k}", scheduler="ddim", steps=k) for k in ddim_steps),
         *(SamplerVariant(f"+ DPM-Solver++ {k}", scheduler="dpm++", steps=k) for k in dpm_steps),
     ]
-    if head_reuse and ddim_steps:
-        k = min(ddim_steps)
-        variants.append(SamplerVariant(f"+ DDIM {k} + head embedding reuse (prototype)", scheduler="ddim", steps=k,
-                                       head_reuse=True))
     return tuple(variants)
 
 
@@ -93,30 +85,19 @@ def make_runner(model, variant: SamplerVariant, prompts: dict, seeds: list[int],
     scheduler = build_scheduler(variant.scheduler, model.config)
 
     def run():
-        with reused_head_embeddings() if variant.head_reuse else contextlib.nullcontext():
-            return model.generate(**prompts, generation_mode="image", scheduler=scheduler,
-                                  num_inference_steps=variant.steps, use_cache=variant.use_cache,
-                                  generator=generators(), output_type=output_type, show_progress=False, **sampling)
+        return model.generate(**prompts, generation_mode="image", scheduler=scheduler,
+                              num_inference_steps=variant.steps, use_cache=variant.use_cache,
+                              generator=generators(), output_type=output_type, show_progress=False, **sampling)
     run.scheduler = scheduler  # for profiling regions
     return run
 
 
 def counted_run(model, runner) -> tuple[object, dict]:
-    """Run once (this is also the warm-up of the timed rounds) counting LLM passes and diffusion-head calls."""
-    with count_calls(backbone=model.model.language_model, head=model.diffusion_head) as calls:
+    """Run once (this is also the warm-up of the timed rounds) counting LLM passes and diffusion-head evaluations
+    (counted at the head's input projection, which every evaluation runs)."""
+    with count_calls(backbone=model.model.language_model, head=model.diffusion_head.input_proj) as calls:
         output = runner()
     return output, {"backbone_passes": calls["backbone"], "head_calls": calls["head"]}
-
-
-def same_samples_as(variant: SamplerVariant, variants) -> SamplerVariant | None:
-    """The variant without the head-embedding reuse that `variant` must reproduce exactly, if it is in the run."""
-    if not variant.head_reuse:
-        return None
-    for other in variants:
-        if (not other.head_reuse and not other.naive and other.scheduler == variant.scheduler
-                and other.steps == variant.steps and other.use_cache == variant.use_cache):
-            return other
-    return None
 
 
 def same_samples_as_naive(variant: SamplerVariant, naive: SamplerVariant) -> bool:
@@ -146,8 +127,8 @@ def run_sampler_benchmark(subject, settings: dict, repeats: int, variants=None, 
     """settings: images (batch size timed), num_iter, guidance_scale, temperature, quality_seeds_per_digit, and
     optionally reference_steps / ddim_steps / dpm_steps (the variants). The first variant is the naive baseline."""
     if variants is None:
-        variants = default_variants(**{k: settings[k] for k in ("reference_steps", "ddim_steps", "dpm_steps",
-                                                                "head_reuse") if k in settings})
+        variants = default_variants(**{k: settings[k] for k in ("reference_steps", "ddim_steps", "dpm_steps")
+                                               if k in settings})
     model = subject.model
     sampling = {"num_iter": settings["num_iter"], "guidance_scale": settings["guidance_scale"],
                 "temperature": settings.get("temperature", 1.0)}
@@ -174,15 +155,12 @@ def run_sampler_benchmark(subject, settings: dict, repeats: int, variants=None, 
         }
         if same_samples_as_naive(variant, naive):  # the optimisation must not change a single image
             row["max_abs_diff_vs_naive"] = float((outputs[variant.name] - outputs[naive.name]).abs().max())
-        twin = same_samples_as(variant, variants)
-        if twin is not None:
-            row["max_abs_diff_vs_unpatched"] = float((outputs[variant.name] - outputs[twin.name]).abs().max())
         rows.append(row)
 
     if subject.trained and settings.get("quality_seeds_per_digit"):
         add_quality(rows, model, subject.processor, variants, sampling, settings["quality_seeds_per_digit"])
     headline = pick_headline(rows, any("quality" in row for row in rows))
-    profiled = next((v for v in variants if v.name == headline["variant"] and not v.head_reuse), None)
+    profiled = next((v for v in variants if v.name == headline["variant"]), None)
     profile = None
     if profiled is not None:  # where the optimised sampler spends its time
         runner = runners[profiled.name]
@@ -210,26 +188,20 @@ def add_quality(rows: list[dict], model, processor, variants, sampling: dict, se
     seeds = np.tile(np.arange(seeds_per_digit), 10).tolist()
     naive = variants[0]
     reference = quality(make_runner(model, naive, prompts, seeds, sampling)(), digits)
-    by_name = {}
     for variant, row in zip(variants, rows):
-        twin = same_samples_as(variant, variants)
         if variant is naive:
             row["quality"] = reference
         elif same_samples_as_naive(variant, naive) and row.get("max_abs_diff_vs_naive", 1.0) < 1e-4:
             row["quality"] = {**reference, "note": "same samples as the naive loop"}
-        elif twin is not None and twin.name in by_name and row.get("max_abs_diff_vs_unpatched", 1.0) < 1e-4:
-            row["quality"] = {**by_name[twin.name], "note": f"same samples as {twin.name}"}
         else:
             row["quality"] = quality(make_runner(model, variant, prompts, seeds, sampling)(), digits)
-        by_name[variant.name] = {k: v for k, v in row["quality"].items() if k != "note"}
         row["quality_matched"] = matched_quality(row["quality"], reference)
 
 
 def pick_headline(rows: list[dict], quality_measured: bool) -> dict:
     """The fastest optimised variant whose quality matches the naive path's (any variant when quality is not
     measurable), with its speed-up and whether the >= 5x target is met."""
-    candidates = [r for r in rows[1:] if (not quality_measured or r.get("quality_matched"))
-                  and "prototype" not in r["variant"]]
+    candidates = [r for r in rows[1:] if not quality_measured or r.get("quality_matched")]
     if not candidates:
         return {"variant": None, "speedup": None, "target": f">= {SPEEDUP_TARGET:g}x", "met": False,
                 "note": "no optimised variant matched the naive path's quality"}
@@ -239,5 +211,5 @@ def pick_headline(rows: list[dict], quality_measured: bool) -> dict:
             "quality": "matched within 10 %" if quality_measured else "not applicable (random model)"}
 
 
-__all__ = ["DEFAULT_VARIANTS", "SamplerVariant", "build_scheduler", "default_variants", "counted_run", "make_runner", "matched_quality",
-           "run_sampler_benchmark"]
+__all__ = ["DEFAULT_VARIANTS", "SamplerVariant", "build_scheduler", "counted_run", "default_variants", "make_runner",
+           "matched_quality", "quality", "run_sampler_benchmark"]

@@ -19,12 +19,31 @@ import statistics
 from pathlib import Path
 
 import torch
+from torch.utils.checkpoint import checkpoint
 from transformers import AutoModelForCausalLM
 
 from .profiling import profile_call
 from .subjects import random_subject
 from .timing import ratio, side_by_side, time_call
 
+
+
+@contextlib.contextmanager
+def head_checkpointing(model):
+    """The diffusion head checkpointed one `diffusion_batch_mul` copy at a time (what `gradient_checkpointing_enable()`
+    adds for MMAR's own part), the LLM left as it is: MMAR's extra memory without touching the backbone's."""
+    head = model.diffusion_head
+    head._gradient_checkpointing_func = functools.partial(checkpoint, use_reentrant=False)
+    head.gradient_checkpointing = True
+    try:
+        yield model
+    finally:
+        head.gradient_checkpointing = False
+
+
+VARIANTS = {  # settings["variants"] entries: MMAR options timed beside MMAR as it is
+    "head_checkpointing": ("MMAR, diffusion head checkpointed", head_checkpointing),
+}
 TIME_OVERHEAD_TARGET = 0.25
 MEMORY_RATIO_TARGET = 1.3
 
@@ -59,19 +78,23 @@ def lm_batch(batch: dict) -> dict:
 class TrainStep:
     """Callable: `steps` optimizer steps of `model` on `batch` (autocast to `autocast_dtype` when given)."""
 
-    def __init__(self, model, batch: dict, steps: int = 1, autocast_dtype: torch.dtype | None = None):
+    def __init__(self, model, batch: dict, steps: int = 1, autocast_dtype: torch.dtype | None = None, context=None):
         self.model, self.steps, self.autocast_dtype = model.train(), steps, autocast_dtype
+        self.context = context or contextlib.nullcontext  # e.g. an option switched on for these steps only
         device = next(model.parameters()).device
         self.batch = {k: v.to(device) for k, v in batch.items()}
         trainable = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=1e-4)
 
     def __call__(self):
+        return self.run(self.steps)
+
+    def run(self, steps: int):
         device_type = next(self.model.parameters()).device.type
         autocast = (torch.autocast(device_type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
                     else contextlib.nullcontext())
-        for _ in range(self.steps):
-            with autocast:
+        for _ in range(steps):
+            with self.context(), autocast:
                 loss = self.model(**self.batch).loss
             loss.backward()
             self.optimizer.step()
@@ -82,26 +105,44 @@ class TrainStep:
 def peak_memory(step: TrainStep) -> dict:
     """Peak live tensor bytes during one step (after a warm-up step: optimizer state exists) and its split by
     kind (parameters, gradients, optimizer state, activations, ...) at the peak."""
-    step()
+    step.run(1)
     device = next(step.model.parameters()).device
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         start = torch.cuda.memory_allocated()
-        step()
+        step.run(1)
         torch.cuda.synchronize()
         return {"peak_bytes": torch.cuda.max_memory_allocated(), "start_bytes": start, "source": "torch.cuda"}
-    # torch's MemTracker (a TorchDispatchMode that follows every tensor storage, with categories); it agrees with
-    # torch.profiler's memory timeline to the byte on these steps and is several times faster.
+    try:
+        return _tracked_peak(step, device)
+    except RuntimeError:  # MemTracker cannot follow frozen parameters (e.g. a VAE): the profiler's timeline can
+        return _profiled_peak(step)
+
+
+def _tracked_peak(step: TrainStep, device) -> dict:
+    """torch's MemTracker (a TorchDispatchMode that follows every tensor storage, with categories); it agrees with
+    torch.profiler's memory timeline to the byte on these steps and is several times faster."""
     from torch.distributed._tools.mem_tracker import MemTracker
 
     tracker = MemTracker()
     tracker.track_external(step.model, step.optimizer, *step.batch.values())
-    with tracker:
-        step()
+    with tracker:  # one step only: MemTracker follows a module through one iteration
+        step.run(1)
     snapshot = tracker.get_tracker_snapshot("peak")[device]
     split = {str(getattr(k, "value", k)).lower(): v for k, v in snapshot.items() if k != "Total" and v}
     return {"peak_bytes": snapshot["Total"], "at_peak": split, "source": "torch MemTracker (live tensor storages)"}
+
+
+def _profiled_peak(step: TrainStep) -> dict:
+    """The largest total of live CPU tensors in torch.profiler's memory timeline of one step."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import MemoryProfileTimeline
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        step.run(1)
+    _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline("cpu")
+    return {"peak_bytes": max(sum(row) for row in sizes), "source": "torch.profiler memory timeline"}
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -147,9 +188,10 @@ def profile_step(step: TrainStep, path: Path) -> dict:
     """One MMAR step under torch.profiler with regions around MMAR's parts; the top-ops table goes to `path`."""
     model = step.model
     inner = model.model
-    step()
-    return profile_call(step, path, modules={"LLM": inner.language_model, "image embedder": inner.image_embedder,
-                                             "LM head": model.lm_head},
+    step.run(1)
+    return profile_call(lambda: step.run(1), path,
+                        modules={"LLM": inner.language_model, "image embedder": inner.image_embedder,
+                                 "LM head": model.lm_head},
                         methods={"image tokenizer": (inner, "encode_images"),
                                  "mask building": (inner, "_image_span_masks"),
                                  "diffusion loss (head x mul, fwd)": (model, "diffusion_loss")})
@@ -196,8 +238,10 @@ def flop_estimates(measured_config, batch: dict) -> dict:
 def run_training_benchmark(settings: dict, repeats: int, out_dir: Path | None = None, device="cpu",
                            autocast_dtype=None, geometry: dict | None = None) -> dict:
     """settings: batch_size, steps_per_round, image_tokens (list: scaling over sequence length; the first entry is
-    the headline geometry), profile (bool: for the first entry, the overhead split, FLOP estimate and profiler table). `geometry`: MMARConfig overrides of the models (default: the demo's
-    geometry with image_size = 2 * sqrt(image_tokens), patch 2); weights are random (speed does not depend on them)."""
+    the headline geometry), profile (bool: for the first entry, the overhead split, FLOP estimate and profiler
+    table), variants (list of VARIANTS keys: MMAR options timed beside MMAR, e.g. "head_checkpointing").
+    `geometry`: MMARConfig overrides (default: the demo's geometry with image_size = 2 * sqrt(image_tokens),
+    patch 2); weights are random (speed does not depend on them)."""
     rows, profile_regions, flops = [], None, None
     for index, num_tokens in enumerate(settings["image_tokens"]):
         side = int(round(num_tokens ** 0.5))
@@ -210,35 +254,43 @@ def run_training_benchmark(settings: dict, repeats: int, out_dir: Path | None = 
         backbone = AutoModelForCausalLM.from_config(mmar.config.text_config).to(device)
         batch = training_batch(run_subject, settings["batch_size"])
         steps = settings.get("steps_per_round", 1)
-        mmar_step = TrainStep(mmar, batch, steps, autocast_dtype)
-        lm_step = TrainStep(backbone, lm_batch(batch), steps, autocast_dtype)
-        timings = side_by_side({"lm": lm_step, "mmar": mmar_step}, repeats=repeats, warmup=1)
-        slowdown = ratio(timings["mmar"], timings["lm"])  # t_mmar / t_lm per round
-        memory_mmar, memory_lm = peak_memory(mmar_step), peak_memory(lm_step)
-        row = {
-            "image_tokens": num_tokens,
-            "sequence_length": int(batch["input_ids"].shape[1]),
-            "batch_size": settings["batch_size"],
-            "lm_seconds_per_step": timings["lm"].median / steps,
-            "mmar_seconds_per_step": timings["mmar"].median / steps,
-            "time_ratio": slowdown.summary(),
-            "time_overhead": slowdown.median - 1.0,
-            "lm_peak_memory_mb": memory_lm["peak_bytes"] / 2**20,
-            "mmar_peak_memory_mb": memory_mmar["peak_bytes"] / 2**20,
-            "memory_ratio": memory_mmar["peak_bytes"] / memory_lm["peak_bytes"],
-            "memory_at_peak_mb": {
-                "mmar": {k: v / 2**20 for k, v in memory_mmar.get("at_peak", {}).items()},
-                "lm": {k: v / 2**20 for k, v in memory_lm.get("at_peak", {}).items()},
-            },
-            "memory_source": memory_mmar["source"],
-            "tokens_per_s_mmar": batch["input_ids"].numel() * steps / timings["mmar"].median,
-        }
-        if index == 0 and settings.get("profile", True):
-            row["overhead_parts_s"] = overhead_parts(mmar, batch, repeats)
-            flops = flop_estimates(mmar.config, batch)
-            if out_dir is not None:
-                profile_regions = profile_step(mmar_step, out_dir / "training_profile.txt")
-        rows.append(row)
+        candidates = {"lm": TrainStep(backbone, lm_batch(batch), steps, autocast_dtype),
+                      "MMAR": TrainStep(mmar, batch, steps, autocast_dtype)}
+        for variant in settings.get("variants", ()):
+            label, option = VARIANTS[variant]
+            candidates[label] = TrainStep(mmar, batch, steps, autocast_dtype,
+                                          context=lambda option=option: option(mmar))
+        timings = side_by_side(candidates, repeats=repeats, warmup=1)
+        memory = {name: peak_memory(step) for name, step in candidates.items()}
+        for name in candidates:
+            if name == "lm":
+                continue
+            slowdown = ratio(timings[name], timings["lm"])  # t_mmar / t_lm per round
+            row = {
+                "model": name,
+                "image_tokens": num_tokens,
+                "sequence_length": int(batch["input_ids"].shape[1]),
+                "batch_size": settings["batch_size"],
+                "lm_seconds_per_step": timings["lm"].median / steps,
+                "mmar_seconds_per_step": timings[name].median / steps,
+                "time_ratio": slowdown.summary(),
+                "time_overhead": slowdown.median - 1.0,
+                "lm_peak_memory_mb": memory["lm"]["peak_bytes"] / 2**20,
+                "mmar_peak_memory_mb": memory[name]["peak_bytes"] / 2**20,
+                "memory_ratio": memory[name]["peak_bytes"] / memory["lm"]["peak_bytes"],
+                "memory_at_peak_mb": {
+                    "mmar": {k: v / 2**20 for k, v in memory[name].get("at_peak", {}).items()},
+                    "lm": {k: v / 2**20 for k, v in memory["lm"].get("at_peak", {}).items()},
+                },
+                "memory_source": memory[name]["source"],
+                "tokens_per_s_mmar": batch["input_ids"].numel() * steps / timings[name].median,
+            }
+            if index == 0 and name == "MMAR" and settings.get("profile", True):
+                row["overhead_parts_s"] = overhead_parts(mmar, batch, repeats)
+                flops = flop_estimates(mmar.config, batch)
+                if out_dir is not None:
+                    profile_regions = profile_step(candidates[name], out_dir / "training_profile.txt")
+            rows.append(row)
     headline = rows[0]
     return {
         "name": "training",

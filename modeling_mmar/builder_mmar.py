@@ -18,18 +18,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging
 
 from .configuration_mmar import MMARConfig
+from .modeling_mmar import REMOTE_CODE_AUTO_MAP
 
 try:  # the VAE is optional (pixel-patch tokens need none)
     from diffusers import AutoencoderKL
 except ImportError:  # pragma: no cover
     AutoencoderKL = None
 
-# Remote-code auto_map entries that save_pretrained does not write itself (it writes AutoConfig and the auto class
-# of the saved model class only, here AutoModelForImageTextToText).
-EXTRA_AUTO_MAP = {
-    "AutoModel": "modeling_mmar.MMARModel",
-    "AutoModelForCausalLM": "modeling_mmar.MMARForConditionalGeneration",
-}
 # Config fields from_text_model derives itself; passing them as **config_kwargs would be silently overwritten.
 DERIVED_CONFIG_FIELDS = ("text_config", "vae_config", "boi_token_id", "image_token_id", "eoi_token_id")
 
@@ -37,7 +32,7 @@ DERIVED_CONFIG_FIELDS = ("text_config", "vae_config", "boi_token_id", "image_tok
 def complete_auto_map(config) -> None:
     """Add the AutoModel / AutoModelForCausalLM remote-code entries to `config.auto_map` (kept by save_pretrained)."""
     auto_map = dict(getattr(config, "auto_map", None) or {})
-    for auto_class, reference in EXTRA_AUTO_MAP.items():
+    for auto_class, reference in REMOTE_CODE_AUTO_MAP.items():
         auto_map.setdefault(auto_class, reference)
     config.auto_map = auto_map
 
@@ -212,4 +207,4 @@ def from_text_model(
     return model, processor
 
 
-__all__ = ["EXTRA_AUTO_MAP", "complete_auto_map", "from_text_model"]
+__all__ = ["complete_auto_map", "from_text_model"]

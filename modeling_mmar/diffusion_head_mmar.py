@@ -76,6 +76,9 @@ class MMARDiffusionHead(nn.Module):
 
     def __init__(self, token_dim: int, condition_dim: int, width: int, depth: int):
         super().__init__()
+        # Set by `model.gradient_checkpointing_enable()` like the LLM's layers: `diffusion_loss` then checkpoints
+        # the head one `diffusion_batch_mul` copy at a time (see there).
+        self.gradient_checkpointing = False
         self.token_dim = token_dim
         self.input_proj = nn.Linear(token_dim, width)
         self.time_embed = MMARTimestepEmbedder(width)
@@ -83,15 +86,34 @@ class MMARDiffusionHead(nn.Module):
         self.blocks = nn.ModuleList(MMARHeadResBlock(width) for _ in range(depth))
         self.final_layer = MMARHeadFinalLayer(width, token_dim)
 
-    def forward(self, noisy_tokens: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+    def embed_condition(self, condition: torch.Tensor) -> torch.Tensor:
+        """The head's embedding of LLM states [..., H] -> [..., width]. The masked-AR sampler computes it once per
+        step and passes it as `condition_embedding` to each of the head's diffusion steps."""
+        return self.condition_proj(condition.to(self.condition_proj.weight.dtype))
+
+    def forward(
+        self,
+        noisy_tokens: torch.Tensor,
+        timesteps: torch.Tensor,
+        condition: torch.Tensor | None = None,
+        *,
+        condition_embedding: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """
+        noisy_tokens [..., D]; timesteps: one per token, or a single one for all tokens (embedded once);
+        `condition` [..., H] (LLM states) or its precomputed `embed_condition(condition)` [..., width].
+        """
         if noisy_tokens.shape[-1] != self.token_dim:
             raise ValueError(f"noisy_tokens last dim must be token_dim={self.token_dim}, got {noisy_tokens.shape}")
+        if (condition is None) == (condition_embedding is None):
+            raise ValueError("pass exactly one of `condition` and `condition_embedding`")
         lead = noisy_tokens.shape[:-1]
         x = self.input_proj(noisy_tokens.reshape(-1, self.token_dim))
-        timesteps = timesteps.reshape(-1)
-        if timesteps.numel() == 1 and x.shape[0] != 1:
-            timesteps = timesteps.expand(x.shape[0])
-        y = self.time_embed(timesteps) + self.condition_proj(condition.reshape(x.shape[0], -1).to(x.dtype))
+        if condition_embedding is None:
+            condition_embedding = self.embed_condition(condition)
+        # A single timestep is embedded once and broadcast over the rows (the sampler's case).
+        time_embedding = self.time_embed(timesteps.reshape(-1))
+        y = time_embedding.to(x.dtype) + condition_embedding.reshape(x.shape[0], -1).to(x.dtype)
         for block in self.blocks:
             x = block(x, y)
         return self.final_layer(x, y).reshape(*lead, self.token_dim)

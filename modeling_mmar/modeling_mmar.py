@@ -56,6 +56,13 @@ class MMARCausalLMOutputWithPast(ModelOutput):
     image_tokens: torch.FloatTensor | None = None
 
 
+# Remote-code auto_map entries that `save_pretrained` adds beside the ones transformers writes itself.
+REMOTE_CODE_AUTO_MAP = {
+    "AutoModel": "modeling_mmar.MMARModel",
+    "AutoModelForCausalLM": "modeling_mmar.MMARForConditionalGeneration",
+}
+
+
 class MMARPreTrainedModel(PreTrainedModel):
     config: MMARConfig
     base_model_prefix = "model"
@@ -82,6 +89,16 @@ class MMARPreTrainedModel(PreTrainedModel):
             if isinstance(module, MMARModel):
                 module.freeze_image_tokenizer()
         return loaded
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # transformers writes auto_map entries only for AutoConfig and the class's own auto class; users of the
+        # remote code also expect AutoModel and AutoModelForCausalLM to resolve, whoever saved the folder.
+        if self._auto_class is not None:
+            auto_map = dict(getattr(self.config, "auto_map", None) or {})
+            for auto_class, reference in REMOTE_CODE_AUTO_MAP.items():
+                auto_map.setdefault(auto_class, reference)
+            self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -327,7 +344,6 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
         regression target is the scheduler's `prediction_type`: v = alpha_t * noise - sigma_t * x0, the noise, or x0.
         """
         mul = self.config.diffusion_batch_mul
-        conditions = conditions.repeat(mul, 1)
         clean = targets.float().repeat(mul, 1)
         scheduler = self.noise_scheduler
         timesteps = torch.randint(0, self.config.num_train_timesteps, (clean.shape[0],), device=clean.device)
@@ -339,8 +355,21 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
             target = noise
         else:
             target = clean
-        head_dtype = next(self.diffusion_head.parameters()).dtype
-        prediction = self.diffusion_head(noisy.to(head_dtype), timesteps, conditions.to(head_dtype))
+        head = self.diffusion_head
+        noisy = noisy.to(next(head.parameters()).dtype)
+        # Embedding the M states once serves all `mul` copies (copy k is rows k*M .. (k+1)*M - 1).
+        condition_embedding = head.embed_condition(conditions)
+        if head.gradient_checkpointing and torch.is_grad_enabled():
+            # The head's activations on mul copies of every masked token are most of MMAR's extra training memory.
+            # Checkpointed as one piece they would all be recomputed at once; one copy at a time, the backward pass
+            # holds a single copy's (1 / mul of them) for one extra head forward.
+            prediction = torch.cat([
+                head._gradient_checkpointing_func(head.__call__, noisy_copy, timesteps_copy,
+                                                  condition_embedding=condition_embedding)
+                for noisy_copy, timesteps_copy in zip(noisy.chunk(mul), timesteps.chunk(mul))
+            ])
+        else:
+            prediction = head(noisy, timesteps, condition_embedding=condition_embedding.repeat(mul, 1))
         return nn.functional.mse_loss(prediction.float(), target)
 
     @can_return_tuple

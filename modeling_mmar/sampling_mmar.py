@@ -205,13 +205,14 @@ class HeadSampler:
         scheduler.set_timesteps(self.num_inference_steps, device=cond.device)
         sample = randomness.normal(per_image, dim) * scheduler.init_noise_sigma
         conditions = cond if uncond is None else torch.cat([cond, uncond])
-        conditions = conditions.to(self.head_dtype)
+        # The LLM states are fixed for the whole diffusion loop: embed them once, not at every head step.
+        condition_embedding = self.head.embed_condition(conditions)
         for t in scheduler.timesteps:
             model_input = scheduler.scale_model_input(sample, t)
             if uncond is not None:  # the conditional and unconditional predictions share one x_t
                 model_input = torch.cat([model_input, model_input])
-            timesteps = t.reshape(1).expand(model_input.shape[0]).to(cond.device)
-            output = self.head(model_input.to(self.head_dtype), timesteps, conditions).float()
+            output = self.head(model_input.to(self.head_dtype), t.reshape(1).to(cond.device),
+                               condition_embedding=condition_embedding).float()
             if uncond is not None:
                 output_cond, output_uncond = output.chunk(2)
                 output = output_uncond + guidance * (output_cond - output_uncond)

@@ -9,6 +9,7 @@ returns an 8-bit image at the processor's size unchanged.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import numpy as np
 import PIL.Image
@@ -141,7 +142,8 @@ class MMARImageProcessor(PilBackend):
         return flat
 
     def _flatten(self, images, flat: list, depth: int):
-        if isinstance(images, (list, tuple)):
+        # Any sequence of images counts as a list: a `datasets` column (`dataset["image"]`) is one.
+        if isinstance(images, Sequence) and not isinstance(images, (str, bytes)):
             if depth >= 2:
                 raise ValueError("Images nested deeper than a list of per-sample lists are not supported")
             for item in images:

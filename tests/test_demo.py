@@ -39,6 +39,8 @@ def test_demo_writes_every_artefact(demo_output):
     for name in ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json", "model_index.json",
                  "scheduler/scheduler_config.json"):
         assert (model_dir / name).is_file(), name
+    auto_map = json.loads((model_dir / "config.json").read_text())["auto_map"]
+    assert {"AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForImageTextToText"} <= set(auto_map)
 
 
 def test_demo_metrics_are_complete_and_consistent(demo_output):

@@ -1,5 +1,6 @@
 """MMARImageProcessor on real digits and PIL images of every mode: shapes, [-1, 1] range, exact inverse, save / load."""
 
+import datasets
 import numpy as np
 import PIL.Image
 import pytest
@@ -51,6 +52,9 @@ def test_array_layouts_and_types_give_the_same_pixels(gray, digits):
         "list of HWC float [0, 1]": [p[..., None] / 255.0 for p in pixels],
         "uint16": [p.astype(np.uint16) * 257 for p in pixels],
         "int64 0..255": list(pixels.astype(np.int64)),
+        "datasets column": datasets.Dataset.from_dict(
+            {"image": [PIL.Image.fromarray(p) for p in pixels]}, features=datasets.Features(image=datasets.Image())
+        )["image"],
     }
     for name, images in variants.items():
         torch.testing.assert_close(gray(images).pixel_values, reference, msg=name)

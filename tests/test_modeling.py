@@ -144,9 +144,13 @@ class OracleHead(nn.Module):
         super().__init__()
         self.scheduler, self.token_dim = scheduler, token_dim
         self.unused = nn.Parameter(torch.zeros(1))
+        self.gradient_checkpointing = False
 
-    def forward(self, noisy, timesteps, condition):
-        clean = condition[:, : self.token_dim]
+    def embed_condition(self, condition):
+        return condition
+
+    def forward(self, noisy, timesteps, condition=None, *, condition_embedding=None):
+        clean = (condition if condition is not None else condition_embedding)[:, : self.token_dim]
         alpha_prod = self.scheduler.alphas_cumprod[timesteps].unsqueeze(-1)
         noise = (noisy - alpha_prod.sqrt() * clean) / (1 - alpha_prod).sqrt()
         kind = self.scheduler.config.prediction_type
@@ -308,3 +312,53 @@ def test_bf16_forward_backward_is_finite_and_keeps_the_vae_in_fp32(tmp_path, dig
     out.loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g.float()).all() for g in grads)
+
+
+def trained_looking_head(config):
+    """A head with random (not zero-initialised) weights, so that every path through it matters."""
+    torch.manual_seed(0)
+    model = MMARForConditionalGeneration(config)
+    with torch.no_grad():
+        for parameter in model.diffusion_head.parameters():
+            parameter.copy_(0.1 * torch.randn_like(parameter))
+    return model
+
+
+def test_head_embeds_a_shared_timestep_and_a_precomputed_condition_like_per_row_inputs(config):
+    head = trained_looking_head(config).diffusion_head
+    noisy, condition = torch.randn(6, config.token_dim), torch.randn(6, config.text_config.hidden_size)
+    per_row = head(noisy, torch.full((6,), 417), condition)
+    shared = head(noisy, torch.tensor([417]), condition_embedding=head.embed_condition(condition))
+    torch.testing.assert_close(shared, per_row, atol=1e-5, rtol=1e-4)  # float rounding of other batch shapes
+    assert not torch.allclose(per_row, head(noisy, torch.full((6,), 10), condition))  # the timestep matters
+    with pytest.raises(ValueError, match="exactly one of `condition` and `condition_embedding`"):
+        head(noisy, torch.tensor([1]))
+
+
+def test_head_checkpointing_keeps_the_diffusion_loss_and_its_gradients(config, digits):
+    """`gradient_checkpointing_enable()` also checkpoints the head, one diffusion_batch_mul copy at a time."""
+    model = trained_looking_head(config).train()
+    targets = model.model.encode_images(digits_to_pixel_values(digits[0][:6])).flatten(0, 1)[:40]
+    conditions = torch.randn(40, config.text_config.hidden_size, requires_grad=True)
+
+    def loss_and_grads():
+        model.zero_grad(set_to_none=True)
+        conditions.grad = None
+        torch.manual_seed(3)  # the same timesteps and noise both times
+        loss = model.diffusion_loss(conditions, targets)
+        loss.backward()
+        grads = {name: p.grad.clone() for name, p in model.diffusion_head.named_parameters()}
+        return loss.detach(), grads, conditions.grad.clone()
+
+    loss, grads, condition_grad = loss_and_grads()
+    head_calls = []
+    model.diffusion_head.input_proj.register_forward_hook(lambda module, args, out: head_calls.append(args[0].shape[0]))
+    model.gradient_checkpointing_enable()
+    assert model.diffusion_head.gradient_checkpointing
+    checkpointed_loss, checkpointed_grads, checkpointed_condition_grad = loss_and_grads()
+    # one forward per copy, then each copy recomputed once in the backward pass
+    assert head_calls == [40] * config.diffusion_batch_mul * 2
+    torch.testing.assert_close(checkpointed_loss, loss, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(checkpointed_condition_grad, condition_grad, atol=1e-6, rtol=1e-4)
+    for name, grad in grads.items():
+        torch.testing.assert_close(checkpointed_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)

@@ -14,7 +14,6 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
 
 from modeling_mmar import MMARForConditionalGeneration, MMARModel
-from modeling_mmar.builder_mmar import complete_auto_map
 from processors import MMARProcessor, build_tokenizer
 from training.data import digits_corpus
 
@@ -82,8 +81,7 @@ def saved_model(tmp_path_factory):
     with torch.no_grad():
         for parameter in model.diffusion_head.parameters():
             parameter.add_(0.02 * torch.randn_like(parameter))
-    complete_auto_map(model.config)
-    model.save_pretrained(folder)
+    model.save_pretrained(folder)  # writes every auto_map entry itself
     processor = MMARProcessor.from_model_config(config, tokenizer)
     processor.save_pretrained(folder)
     return folder, model, processor
