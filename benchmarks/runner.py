@@ -13,7 +13,7 @@ from .report import write_report
 from .suites import Suite
 from .timing import machine_state, under_load
 
-SECTION_ORDER = ("sampler", "janus", "num_iter_scaling", "training", "training_scaling", "gpu")
+SECTION_ORDER = ("sampler", "janus", "num_iter_scaling", "training", "training_scaling", "paper_training", "gpu")
 
 
 class CudaUnavailable(RuntimeError):
@@ -43,6 +43,15 @@ def run_section(name: str, suite: Suite, out_dir: Path, model_dir: str | None, r
             section["title"] = "Training step vs sequence length: MMAR vs the bare backbone LM"
             section.pop("targets", None)
         return section
+    if name == "paper_training":
+        from .gpu_bench import load_config, run_gpu_training
+        from .training_bench import overhead_targets
+
+        training = run_gpu_training(load_config(settings["config"]), settings, repeats, torch.device("cpu"),
+                                    torch.float32, "cpu")
+        return {"name": name, "settings": settings, "training": training, "targets": overhead_targets(training),
+                "title": f"Training step at the paper geometry ({settings['config']}) on CPU, fp32: MMAR vs the "
+                         "bare backbone LM"}
     if name == "gpu":
         from .gpu_bench import run_gpu_benchmark
 

@@ -2,6 +2,8 @@
 
 cpu-small  the default: the demo geometry (or the trained demo model) on CPU, every section; < 8 min on a quiet
            2-core machine.
+cpu-paper  the training step at the paper-0.5b geometry (Qwen2-0.5B, real vocabulary, + KL-16 VAE, 256x256) on
+           CPU in fp32 against the bare Qwen2-0.5B: the geometry the overhead targets are about; ~20 GB RAM, ~15 min.
 smoke      the same mechanics at the smallest sizes with 1 round (the harness' own test; numbers mean nothing).
 gpu        the paper-0.5b geometry (Qwen2-0.5B + KL-16 VAE, 256x256) in bf16 on a CUDA device.
 """
@@ -22,6 +24,7 @@ class Suite:
     num_iter_scaling: dict | None = None  # janus_bench at one L over num_iter
     training: dict | None = None  # training_bench headline (+ profile)
     training_scaling: dict | None = None  # training_bench over sequence length
+    paper_training: dict | None = None  # training step at the paper-0.5b geometry (gpu_bench.run_gpu_training)
     gpu: dict | None = None  # gpu_bench
     extra: dict = field(default_factory=dict)
 
@@ -55,6 +58,13 @@ SUITES = {
         training={"batch_size": 4, "steps_per_round": 1, "image_tokens": [16], "profile": True,
                   "variants": ["head_checkpointing"]},
         training_scaling={"batch_size": 2, "steps_per_round": 1, "image_tokens": [16, 64], "profile": False},
+    ),
+    "cpu-paper": Suite(
+        name="cpu-paper",
+        description="training step, paper-0.5b geometry (Qwen2-0.5B + KL-16 VAE, 256x256) on CPU, fp32, vs Qwen2-0.5B",
+        repeats=3,
+        paper_training={"config": "training/configs/model/paper-0.5b.json", "train_batch_size": 2,
+                        "prompt_tokens": 8},
     ),
     "gpu": Suite(
         name="gpu",

@@ -189,3 +189,20 @@ def test_gpu_suite_code_runs_end_to_end_on_cpu_at_a_tiny_size(tmp_path):
     assert "LLM" in section["sampler_profile"]["regions_share"]
     assert (tmp_path / "gpu_sampler_profile.txt").exists()
     assert "vs Janus" in "\n".join(gpu_markdown(section))
+
+
+def test_paper_training_section_reports_the_overhead_targets(tmp_path):
+    """The cpu-paper suite's section (run here at a tiny size) reports MMAR vs the LM with the targets."""
+    from benchmarks.runner import run_suite
+
+    config = {"text_config": tiny_config().text_config.to_dict(), "image_size": 8, "num_channels": 1,
+              "patch_size": 2, "head_width": 32, "head_depth": 1}
+    suite = Suite(name="paper-tiny", description="test", repeats=1,
+                  paper_training={"config": config, "train_batch_size": 2, "prompt_tokens": 2})
+    result = run_suite(suite, tmp_path, log=lambda *_: None)
+    assert result["errors"] == {}
+    section = result["sections"]["paper_training"]
+    assert set(section["targets"]) == {"time_overhead", "memory_ratio"}
+    assert section["training"]["mmar"]["peak_memory_gb"] > section["training"]["lm"]["peak_memory_gb"] > 0
+    markdown = (tmp_path / "results.md").read_text()
+    assert "training step memory ratio (paper-0.5b geometry)" in markdown and "MMAR / LM time per step" in markdown
