@@ -50,6 +50,7 @@ def run_section(name: str, suite: Suite, out_dir: Path, model_dir: str | None, r
         training = run_gpu_training(load_config(settings["config"]), settings, repeats, torch.device("cpu"),
                                     torch.float32, "cpu")
         return {"name": name, "settings": settings, "training": training, "targets": overhead_targets(training),
+                "targets_cached_image_tokens": overhead_targets(training, cached_image_tokens=True),
                 "title": f"Training step at the paper geometry ({settings['config']}) on CPU, fp32: MMAR vs the "
                          "bare backbone LM"}
     if name == "gpu":

@@ -206,3 +206,4 @@ def test_paper_training_section_reports_the_overhead_targets(tmp_path):
     assert section["training"]["mmar"]["peak_memory_gb"] > section["training"]["lm"]["peak_memory_gb"] > 0
     markdown = (tmp_path / "results.md").read_text()
     assert "training step memory ratio (paper-0.5b geometry)" in markdown and "MMAR / LM time per step" in markdown
+    assert "training step time overhead (paper-0.5b geometry, cached image tokens)" in markdown

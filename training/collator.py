@@ -26,6 +26,7 @@ import torch
 from scipy.special import ndtr, ndtri
 
 from .data import decode_image
+from .image_token_cache import IMAGE_TOKENS_COLUMN
 
 IGNORE_INDEX = -100
 
@@ -175,10 +176,14 @@ class MMARDataCollator:
                     "merges the answer with the question; end questions with punctuation or a space"
                 )
             labels[row, start:end] = input_ids[row, start:end]
+        images_in = {"pixel_values": batch["pixel_values"]}
+        if all(IMAGE_TOKENS_COLUMN in example for example in examples):  # training.image_token_cache
+            tokens = [torch.as_tensor(example[IMAGE_TOKENS_COLUMN], dtype=torch.float32) for example in examples]
+            images_in = {"image_tokens": torch.stack(tokens)}
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
-            "pixel_values": batch["pixel_values"],
+            **images_in,
             "image_mask": torch.from_numpy(np.stack([p.image_mask for p in plans])),
             "labels": labels,
         }

@@ -35,6 +35,7 @@ DATA_KEYS = {
     "verify_images": "open every image once before training (default true; not for streamed datasets)",
     "tokenizer": "null: train a tokenizer on the dataset's text; else a tokenizer path to load",
     "max_corpus_texts": "number of captions read to build the tokenizer of a streamed dataset",
+    "cache_image_tokens": "encode every image once with the frozen image tokenizer before training (default false)",
 }
 MASK_SCHEDULE_KEYS = {
     "stage2_start_step": "optimizer step from which mask ratios go down to stage2_mask_ratio_min (null: never)",

@@ -25,6 +25,7 @@ from transformers import Trainer, TrainingArguments, set_seed
 from .callbacks import MaskStageCallback, TimeBudgetCallback
 from .collator import MMARDataCollator
 from .data import digits_corpus, load_digits_dataset, load_image_text_dataset
+from .image_token_cache import add_image_tokens
 from .plots import plot_loss
 from .run_config import DEFAULT_CONFIG, load_config
 
@@ -211,6 +212,9 @@ def build_run(config: dict, output_dir: str | None = None) -> TrainingRun:
     set_seed(seed)  # the model's initial weights depend on the seed only
     model = MMARForConditionalGeneration(model_config)
     processor = MMARProcessor.from_model_config(model_config, tokenizer=tokenizer)
+    if data_config.get("cache_image_tokens"):  # the frozen image tokenizer runs once per image, not every step
+        train_dataset = add_image_tokens(train_dataset, model, processor)
+        eval_dataset = add_image_tokens(eval_dataset, model, processor) if eval_dataset is not None else None
 
     collator_config = dict(config.get("collator") or {})
     collator = MMARDataCollator(processor, model_config.tokens_per_image, seed=seed, **collator_config)
