@@ -78,13 +78,15 @@ def lm_batch(batch: dict) -> dict:
 class TrainStep:
     """Callable: `steps` optimizer steps of `model` on `batch` (autocast to `autocast_dtype` when given)."""
 
-    def __init__(self, model, batch: dict, steps: int = 1, autocast_dtype: torch.dtype | None = None, context=None):
+    def __init__(self, model, batch: dict, steps: int = 1, autocast_dtype: torch.dtype | None = None, context=None,
+                 optimizer=None):
         self.model, self.steps, self.autocast_dtype = model.train(), steps, autocast_dtype
         self.context = context or contextlib.nullcontext  # e.g. an option switched on for these steps only
         device = next(model.parameters()).device
         self.batch = {k: v.to(device) for k, v in batch.items()}
         trainable = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=1e-4)
+        # Variants of one model share its optimizer: a second AdamW state would double its memory.
+        self.optimizer = optimizer or torch.optim.AdamW(trainable, lr=1e-4)
 
     def __call__(self):
         return self.run(self.steps)
@@ -259,7 +261,8 @@ def run_training_benchmark(settings: dict, repeats: int, out_dir: Path | None = 
         for variant in settings.get("variants", ()):
             label, option = VARIANTS[variant]
             candidates[label] = TrainStep(mmar, batch, steps, autocast_dtype,
-                                          context=lambda option=option: option(mmar))
+                                          context=lambda option=option: option(mmar),
+                                          optimizer=candidates["MMAR"].optimizer)
         timings = side_by_side(candidates, repeats=repeats, warmup=1)
         memory = {name: peak_memory(step) for name, step in candidates.items()}
         for name in candidates:
@@ -315,10 +318,10 @@ def targets(time_overhead: float, memory_ratio: float) -> dict:
 def overhead_targets(training: dict, cached_image_tokens: bool = False) -> dict:
     """The targets of a gpu_bench.run_gpu_training result (MMAR and LM side by side), for MMAR as it is or with
     `data.cache_image_tokens` (the VAE run once over the dataset)."""
-    name, time_ratio = ("mmar_cached_image_tokens", "time_ratio_cached_image_tokens") if cached_image_tokens else (
-        "mmar", "time_ratio")
-    return targets(training[time_ratio]["median"] - 1.0,
-                   training[name]["peak_memory_gb"] / training["lm"]["peak_memory_gb"])
+    time_ratio = "time_ratio_cached_image_tokens" if cached_image_tokens else "time_ratio"
+    memory = training["mmar_cached_image_tokens" if cached_image_tokens else "mmar"]["peak_memory_gb"]
+    memory = memory if memory is not None else training["mmar"]["peak_memory_gb"]  # see gpu_bench
+    return targets(training[time_ratio]["median"] - 1.0, memory / training["lm"]["peak_memory_gb"])
 
 
 __all__ = ["TrainStep", "lm_batch", "overhead_parts", "overhead_targets", "peak_memory", "run_training_benchmark", "training_batch"]
