@@ -194,9 +194,7 @@ def run_gpu_training(config, settings: dict, repeats: int, device, dtype, device
     for name, step in steps.items():
         seconds = timings[name].median
         flops = training_flops(mmar, batch, with_image_parts=name != "lm")
-        # The cached-token step's peak is the uncached one's: the VAE runs before the LLM's activations exist and
-        # frees its own (no_grad). Not measured again on CPU, where a third memory timeline of a 0.5B step needs > 24 GB.
-        memory = peak_memory(step) if name != "mmar_cached_image_tokens" or device.type == "cuda" else None
+        memory = peak_memory(step)
         result[name] = {"seconds_per_step": seconds, "tokens_per_s": batch["input_ids"].numel() / seconds,
                         "model_tflops_per_s": flops / seconds / 1e12,
                         "mfu": None if peak is None else flops / seconds / (peak * 1e12),

@@ -138,8 +138,7 @@ def training_step_table(t: dict) -> list[str]:
     """MMAR vs LM rows of a gpu_bench.run_gpu_training result."""
     lines = _table(["model", "ms/step", "tokens/s", "MFU", "peak GB"], [
         [name, f"{v['seconds_per_step'] * 1e3:.0f}", f"{v['tokens_per_s']:.0f}",
-         "n/a" if v.get("mfu") is None else f"{v['mfu']:.1%}",
-         "as mmar" if v["peak_memory_gb"] is None else f"{v['peak_memory_gb']:.2f}"]
+         "n/a" if v.get("mfu") is None else f"{v['mfu']:.1%}", f"{v['peak_memory_gb']:.2f}"]
         for name, v in ((n, t[n]) for n in ("lm", "mmar", "mmar_cached_image_tokens") if n in t)])
     peak = t["peak_tflops_assumed"]
     lines += ["", f"MMAR / LM time per step: {_spread(t['time_ratio'])}; peak memory ratio "
@@ -148,7 +147,8 @@ def training_step_table(t: dict) -> list[str]:
     if "mmar_cached_image_tokens" in t:
         lines += ["", "With `data.cache_image_tokens: true` (the frozen VAE encoded the dataset once; "
                       f"`mmar_cached_image_tokens`): MMAR / LM time per step {_spread(t['time_ratio_cached_image_tokens'])}"
-                      " (peak memory as without the cache: the VAE runs before the LLM's activations exist)."]
+                      f", peak memory ratio "
+                      f"{_x(t['mmar_cached_image_tokens']['peak_memory_gb'] / t['lm']['peak_memory_gb'])}."]
     return lines
 
 

@@ -320,7 +320,6 @@ def overhead_targets(training: dict, cached_image_tokens: bool = False) -> dict:
     `data.cache_image_tokens` (the VAE run once over the dataset)."""
     time_ratio = "time_ratio_cached_image_tokens" if cached_image_tokens else "time_ratio"
     memory = training["mmar_cached_image_tokens" if cached_image_tokens else "mmar"]["peak_memory_gb"]
-    memory = memory if memory is not None else training["mmar"]["peak_memory_gb"]  # see gpu_bench
     return targets(training[time_ratio]["median"] - 1.0, memory / training["lm"]["peak_memory_gb"])
 
 
