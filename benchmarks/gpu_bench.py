@@ -11,7 +11,6 @@ Random weights (speed does not depend on them; nothing is downloaded). Figures:
 
 from __future__ import annotations
 
-import gc
 import json
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from .janus_bench import JanusRunner, janus_config
 from .profiling import profile_call, sampler_regions
 from .sampler_bench import SamplerVariant, make_runner
 from .timing import ratio, side_by_side
-from .training_bench import TrainStep, lm_batch, peak_memory
+from .training_bench import TrainStep, consistent_peaks, lm_batch
 
 ROOT = Path(__file__).resolve().parent.parent
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s.
@@ -177,7 +176,8 @@ def run_gpu_benchmark(settings: dict, repeats: int, out_dir: Path | None = None)
 
 def run_gpu_training(config, settings: dict, repeats: int, device, dtype, device_name: str) -> dict:
     """MMAR vs the bare backbone LM: fp32 weights + autocast(dtype), AdamW, same tokens."""
-    batch = synthetic_training_batch(config, settings["train_batch_size"], settings["prompt_tokens"])
+    batch = synthetic_training_batch(config, settings["train_batch_size"], settings["prompt_tokens"],
+                                     mask_ratio=settings.get("mask_ratio", 0.85))
     torch.manual_seed(0)
     with device:
         mmar = MMARForConditionalGeneration(config)
@@ -190,16 +190,15 @@ def run_gpu_training(config, settings: dict, repeats: int, device, dtype, device
     steps["mmar_cached_image_tokens"] = TrainStep(mmar, cached, 1, autocast, optimizer=steps["mmar"].optimizer)
     timings = side_by_side(steps, repeats=repeats, warmup=1)
     peak = peak_tflops(device_name)
+    memory = consistent_peaks(steps)
     result = {}
     for name, step in steps.items():
         seconds = timings[name].median
         flops = training_flops(mmar, batch, with_image_parts=name != "lm")
-        memory = peak_memory(step)
         result[name] = {"seconds_per_step": seconds, "tokens_per_s": batch["input_ids"].numel() / seconds,
                         "model_tflops_per_s": flops / seconds / 1e12,
                         "mfu": None if peak is None else flops / seconds / (peak * 1e12),
-                        "peak_memory_gb": None if memory is None else memory["peak_bytes"] / 2**30}
-        gc.collect()  # drop the memory profile before the next one
+                        "peak_memory_gb": memory[name]["peak_bytes"] / 2**30, "memory_source": memory[name]["source"]}
     result["time_ratio"] = ratio(timings["mmar"], timings["lm"]).summary()
     result["time_ratio_cached_image_tokens"] = ratio(timings["mmar_cached_image_tokens"], timings["lm"]).summary()
     result["peak_tflops_assumed"] = peak

@@ -155,8 +155,9 @@ def training_step_table(t: dict) -> list[str]:
 def paper_training_markdown(section: dict) -> list[str]:
     s = section["settings"]
     return [f"### {section['title']}", "",
-            f"Batch {s['train_batch_size']} (half generation rows with 85 % of the 256 image tokens masked, half "
-            "understanding rows), AdamW, random weights; side-by-side rounds. Peak memory: live tensors in one step.",
+            f"Batch {s['train_batch_size']} (half generation rows with {s.get('mask_ratio', 0.85):.0%} of the image "
+            "tokens masked, half understanding rows), AdamW, random weights; side-by-side rounds. Peak memory: live "
+            f"tensors in one step ({section['training']['mmar'].get('memory_source', 'see results.json')}).",
             "", *training_step_table(section["training"])]
 
 

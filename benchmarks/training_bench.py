@@ -33,12 +33,13 @@ def head_checkpointing(model):
     """The diffusion head checkpointed one `diffusion_batch_mul` copy at a time (what `gradient_checkpointing_enable()`
     adds for MMAR's own part), the LLM left as it is: MMAR's extra memory without touching the backbone's."""
     head = model.diffusion_head
+    before = head.gradient_checkpointing, getattr(head, "_gradient_checkpointing_func", None)
     head._gradient_checkpointing_func = functools.partial(checkpoint, use_reentrant=False)
     head.gradient_checkpointing = True
     try:
         yield model
     finally:
-        head.gradient_checkpointing = False
+        head.gradient_checkpointing, head._gradient_checkpointing_func = before
 
 
 VARIANTS = {  # settings["variants"] entries: MMAR options timed beside MMAR as it is
@@ -104,9 +105,11 @@ class TrainStep:
         return loss
 
 
-def peak_memory(step: TrainStep) -> dict:
+def peak_memory(step: TrainStep, method: str = "auto") -> dict:
     """Peak live tensor bytes during one step (after a warm-up step: optimizer state exists) and its split by
-    kind (parameters, gradients, optimizer state, activations, ...) at the peak."""
+    kind (parameters, gradients, optimizer state, activations, ...) at the peak. On CPU, `method` "auto" uses
+    torch's MemTracker and falls back to the profiler's memory timeline where MemTracker cannot follow the model;
+    "profiler" uses the timeline directly."""
     step.run(1)
     device = next(step.model.parameters()).device
     if device.type == "cuda":
@@ -116,10 +119,24 @@ def peak_memory(step: TrainStep) -> dict:
         step.run(1)
         torch.cuda.synchronize()
         return {"peak_bytes": torch.cuda.max_memory_allocated(), "start_bytes": start, "source": "torch.cuda"}
+    if method == "profiler":
+        return _profiled_peak(step)
     try:
         return _tracked_peak(step, device)
-    except RuntimeError:  # MemTracker cannot follow frozen parameters (e.g. a VAE): the profiler's timeline can
-        return _profiled_peak(step)
+    except RuntimeError as error:
+        if "doesn't require gradient" not in str(error):
+            raise
+        return _profiled_peak(step)  # MemTracker cannot hook frozen parameters (e.g. a VAE); the timeline can
+
+
+def consistent_peaks(steps: dict) -> dict:
+    """`peak_memory` of every step, all measured the same way: if one needs the profiler, all use it."""
+    peaks = {name: peak_memory(step) for name, step in steps.items()}
+    sources = {peak["source"] for peak in peaks.values()}
+    if len(sources) > 1:
+        peaks = {name: peak if "profiler" in peak["source"] else peak_memory(steps[name], method="profiler")
+                 for name, peak in peaks.items()}
+    return peaks
 
 
 def _tracked_peak(step: TrainStep, device) -> dict:
@@ -264,7 +281,7 @@ def run_training_benchmark(settings: dict, repeats: int, out_dir: Path | None = 
                                           context=lambda option=option: option(mmar),
                                           optimizer=candidates["MMAR"].optimizer)
         timings = side_by_side(candidates, repeats=repeats, warmup=1)
-        memory = {name: peak_memory(step) for name, step in candidates.items()}
+        memory = consistent_peaks(candidates)
         for name in candidates:
             if name == "lm":
                 continue
@@ -323,4 +340,4 @@ def overhead_targets(training: dict, cached_image_tokens: bool = False) -> dict:
     return targets(training[time_ratio]["median"] - 1.0, memory / training["lm"]["peak_memory_gb"])
 
 
-__all__ = ["TrainStep", "lm_batch", "overhead_parts", "overhead_targets", "peak_memory", "run_training_benchmark", "training_batch"]
+__all__ = ["TrainStep", "consistent_peaks", "lm_batch", "overhead_parts", "overhead_targets", "peak_memory", "run_training_benchmark", "training_batch"]

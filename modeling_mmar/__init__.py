@@ -19,7 +19,7 @@ AutoModel.register(MMARConfig, MMARModel, exist_ok=True)
 AutoModelForImageTextToText.register(MMARConfig, MMARForConditionalGeneration, exist_ok=True)
 AutoModelForCausalLM.register(MMARConfig, MMARForConditionalGeneration, exist_ok=True)
 # Remote code: save_pretrained copies this flat folder's files and writes auto_map (AutoConfig + the saved class's
-# auto class); builder_mmar.complete_auto_map adds the AutoModel / AutoModelForCausalLM entries by hand.
+# auto class; MMARForConditionalGeneration.save_pretrained adds AutoModel and AutoModelForCausalLM).
 MMARConfig.register_for_auto_class()
 MMARForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
 

@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging
 
 from .configuration_mmar import MMARConfig
-from .modeling_mmar import REMOTE_CODE_AUTO_MAP
+from .modeling_mmar import complete_auto_map
 
 try:  # the VAE is optional (pixel-patch tokens need none)
     from diffusers import AutoencoderKL
@@ -28,13 +28,6 @@ except ImportError:  # pragma: no cover
 # Config fields from_text_model derives itself; passing them as **config_kwargs would be silently overwritten.
 DERIVED_CONFIG_FIELDS = ("text_config", "vae_config", "boi_token_id", "image_token_id", "eoi_token_id")
 
-
-def complete_auto_map(config) -> None:
-    """Add the AutoModel / AutoModelForCausalLM remote-code entries to `config.auto_map` (kept by save_pretrained)."""
-    auto_map = dict(getattr(config, "auto_map", None) or {})
-    for auto_class, reference in REMOTE_CODE_AUTO_MAP.items():
-        auto_map.setdefault(auto_class, reference)
-    config.auto_map = auto_map
 
 
 def _processor_api():

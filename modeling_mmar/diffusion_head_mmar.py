@@ -76,8 +76,8 @@ class MMARDiffusionHead(nn.Module):
 
     def __init__(self, token_dim: int, condition_dim: int, width: int, depth: int):
         super().__init__()
-        # Set by `model.gradient_checkpointing_enable()` like the LLM's layers: `diffusion_loss` then checkpoints
-        # the head one `diffusion_batch_mul` copy at a time (see there).
+        # Set by `model.activation_checkpointing_enable()` (or the older `gradient_checkpointing_enable()`) like the
+        # LLM's layers: `diffusion_loss` then checkpoints the head one `diffusion_batch_mul` copy at a time.
         self.gradient_checkpointing = False
         self.token_dim = token_dim
         self.input_proj = nn.Linear(token_dim, width)
@@ -90,6 +90,10 @@ class MMARDiffusionHead(nn.Module):
         """The head's embedding of LLM states [..., H] -> [..., width]. The masked-AR sampler computes it once per
         step and passes it as `condition_embedding` to each of the head's diffusion steps."""
         return self.condition_proj(condition.to(self.condition_proj.weight.dtype))
+
+    def forward_embedded(self, noisy_tokens, timesteps, condition_embedding):
+        """`forward` with a precomputed condition embedding, every input positional (for torch checkpointing)."""
+        return self(noisy_tokens, timesteps, condition_embedding=condition_embedding)
 
     def forward(
         self,

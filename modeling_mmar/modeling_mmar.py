@@ -59,8 +59,18 @@ class MMARCausalLMOutputWithPast(ModelOutput):
 # Remote-code auto_map entries that `save_pretrained` adds beside the ones transformers writes itself.
 REMOTE_CODE_AUTO_MAP = {
     "AutoModel": "modeling_mmar.MMARModel",
+    "AutoModelForImageTextToText": "modeling_mmar.MMARForConditionalGeneration",
     "AutoModelForCausalLM": "modeling_mmar.MMARForConditionalGeneration",
 }
+
+
+
+def complete_auto_map(config) -> None:
+    """Add the remote-code entries of `REMOTE_CODE_AUTO_MAP` to `config.auto_map` (kept by save_pretrained)."""
+    auto_map = dict(getattr(config, "auto_map", None) or {})
+    for auto_class, reference in REMOTE_CODE_AUTO_MAP.items():
+        auto_map.setdefault(auto_class, reference)
+    config.auto_map = auto_map
 
 
 class MMARPreTrainedModel(PreTrainedModel):
@@ -89,16 +99,6 @@ class MMARPreTrainedModel(PreTrainedModel):
             if isinstance(module, MMARModel):
                 module.freeze_image_tokenizer()
         return loaded
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        # transformers writes auto_map entries only for AutoConfig and the class's own auto class; users of the
-        # remote code also expect AutoModel and AutoModelForCausalLM to resolve, whoever saved the folder.
-        if self._auto_class is not None:
-            auto_map = dict(getattr(self.config, "auto_map", None) or {})
-            for auto_class, reference in REMOTE_CODE_AUTO_MAP.items():
-                auto_map.setdefault(auto_class, reference)
-            self.config.auto_map = auto_map
-        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -320,6 +320,14 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
         return from_text_model(cls, text_model_or_path, vae=vae, tokenizer=tokenizer, image_size=image_size,
                                patch_size=patch_size, num_channels=num_channels, dtype=dtype, **config_kwargs)
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # transformers writes auto_map entries only for AutoConfig and the class's own auto class; users of the
+        # remote code also expect AutoModel and AutoModelForCausalLM to resolve, whoever saved the folder. (A bare
+        # MMARModel checkpoint has no heads: it keeps only what transformers writes.)
+        if self._auto_class is not None:
+            complete_auto_map(self.config)
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     def get_output_embeddings(self):
         return self.lm_head
 
@@ -363,9 +371,10 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
             # The head's activations on mul copies of every masked token are most of MMAR's extra training memory.
             # Checkpointed as one piece they would all be recomputed at once; one copy at a time, the backward pass
             # holds a single copy's (1 / mul of them) for one extra head forward.
+            # Inputs go positionally: the reentrant checkpoint (use_reentrant=True, e.g. from peft) takes no kwargs.
             prediction = torch.cat([
-                head._gradient_checkpointing_func(head.__call__, noisy_copy, timesteps_copy,
-                                                  condition_embedding=condition_embedding)
+                head._gradient_checkpointing_func(head.forward_embedded, noisy_copy, timesteps_copy,
+                                                  condition_embedding)
                 for noisy_copy, timesteps_copy in zip(noisy.chunk(mul), timesteps.chunk(mul))
             ])
         else:

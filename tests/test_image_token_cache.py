@@ -69,10 +69,26 @@ def test_batches_with_cached_tokens_give_the_same_losses_and_gradients(vae_model
     torch.testing.assert_close(got_grad, expected_grad)
 
 
-def test_a_dataset_without_the_image_column_is_named(vae_model_and_processor, digits_rows):
+def test_bad_datasets_are_named(vae_model_and_processor, digits_rows):
     model, processor = vae_model_and_processor
     with pytest.raises(ValueError, match="no 'picture' column"):
         add_image_tokens(digits_rows, model, processor, image_column="picture")
+    with pytest.raises(ValueError, match="needs a map-style datasets.Dataset, got IterableDataset"):
+        add_image_tokens(digits_rows.to_iterable_dataset(), model, processor)
+
+
+def test_the_cache_is_keyed_by_the_vae_weights(vae_model_and_processor, digits_rows):
+    model, processor = vae_model_and_processor
+    before = add_image_tokens(digits_rows, model, processor)._fingerprint
+    assert add_image_tokens(digits_rows, model, processor)._fingerprint == before  # reused, not recomputed
+    vae_weight = next(model.model.vae.parameters())
+    with torch.no_grad():
+        vae_weight.add_(1e-3)
+    try:
+        assert add_image_tokens(digits_rows, model, processor)._fingerprint != before
+    finally:
+        with torch.no_grad():
+            vae_weight.sub_(1e-3)
 
 
 def test_training_with_the_cache_option(tmp_path):

@@ -335,8 +335,9 @@ def test_head_embeds_a_shared_timestep_and_a_precomputed_condition_like_per_row_
         head(noisy, torch.tensor([1]))
 
 
-def test_head_checkpointing_keeps_the_diffusion_loss_and_its_gradients(config, digits):
-    """`gradient_checkpointing_enable()` also checkpoints the head, one diffusion_batch_mul copy at a time."""
+@pytest.mark.parametrize("use_reentrant", [False, True])  # True: what peft's kbit preparation ends up with
+def test_head_checkpointing_keeps_the_diffusion_loss_and_its_gradients(config, digits, use_reentrant):
+    """`activation_checkpointing_enable()` also checkpoints the head, one diffusion_batch_mul copy at a time."""
     model = trained_looking_head(config).train()
     targets = model.model.encode_images(digits_to_pixel_values(digits[0][:6])).flatten(0, 1)[:40]
     conditions = torch.randn(40, config.text_config.hidden_size, requires_grad=True)
@@ -353,7 +354,7 @@ def test_head_checkpointing_keeps_the_diffusion_loss_and_its_gradients(config, d
     loss, grads, condition_grad = loss_and_grads()
     head_calls = []
     model.diffusion_head.input_proj.register_forward_hook(lambda module, args, out: head_calls.append(args[0].shape[0]))
-    model.gradient_checkpointing_enable()
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": use_reentrant})
     assert model.diffusion_head.gradient_checkpointing
     checkpointed_loss, checkpointed_grads, checkpointed_condition_grad = loss_and_grads()
     # one forward per copy, then each copy recomputed once in the backward pass

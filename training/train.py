@@ -212,9 +212,6 @@ def build_run(config: dict, output_dir: str | None = None) -> TrainingRun:
     set_seed(seed)  # the model's initial weights depend on the seed only
     model = MMARForConditionalGeneration(model_config)
     processor = MMARProcessor.from_model_config(model_config, tokenizer=tokenizer)
-    if data_config.get("cache_image_tokens"):  # the frozen image tokenizer runs once per image, not every step
-        train_dataset = add_image_tokens(train_dataset, model, processor)
-        eval_dataset = add_image_tokens(eval_dataset, model, processor) if eval_dataset is not None else None
 
     collator_config = dict(config.get("collator") or {})
     collator = MMARDataCollator(processor, model_config.tokens_per_image, seed=seed, **collator_config)
@@ -226,6 +223,10 @@ def build_run(config: dict, output_dir: str | None = None) -> TrainingRun:
         **collator_config, "mask_ratio_min": stage_callback.mask_ratio_min_at(10**12)})
 
     args = build_training_arguments(config.get("training"), output_dir)
+    if data_config.get("cache_image_tokens"):  # the frozen image tokenizer runs once per image, not every step
+        train_dataset = add_image_tokens(train_dataset, model, processor)
+        if eval_dataset is not None and args.eval_strategy != "no":
+            eval_dataset = add_image_tokens(eval_dataset, model, processor)
     time_budget = TimeBudgetCallback(config.get("time_budget"))
     trainer = MMARTrainer(
         model=model,
