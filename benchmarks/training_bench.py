@@ -30,7 +30,7 @@ from .timing import ratio, side_by_side, time_call
 
 @contextlib.contextmanager
 def head_checkpointing(model):
-    """The diffusion head checkpointed one `diffusion_batch_mul` copy at a time (what `gradient_checkpointing_enable()`
+    """The diffusion head checkpointed one `diffusion_batch_mul` copy at a time (what `activation_checkpointing_enable()`
     adds for MMAR's own part), the LLM left as it is: MMAR's extra memory without touching the backbone's."""
     head = model.diffusion_head
     before = head.gradient_checkpointing, getattr(head, "_gradient_checkpointing_func", None)

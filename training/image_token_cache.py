@@ -4,7 +4,7 @@ of at every training step, as MAR trains on cached latents.
 Exact in fp32: the tokenizer is frozen and `encode_images` is deterministic (the VAE posterior's mode), so a
 cached row holds the very tokens an fp32 training step would compute (under bf16 autocast a step would encode in
 bf16; the cache keeps the fp32 tokens). Worth it with a VAE: at the
-paper-0.5b geometry on CPU, MMAR's training-step overhead over the bare Qwen2-0.5B falls from +33 % to +18 %
+paper-0.5b geometry on CPU, MMAR's training-step overhead over the bare Qwen2-0.5B falls from +27 % to +13 %
 (`python -m benchmarks run --suite cpu-paper`). `data.cache_image_tokens: true` in a run config turns it on;
 the collator then passes `image_tokens` instead of `pixel_values` (it still reads the images: the processor
 needs them to lay out each `<image>` span). Map-style datasets only: a stream has nothing to keep.
