@@ -15,6 +15,7 @@ import tempfile
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
 from transformers.utils import logging
 
 from .configuration_mmar import MMARConfig
@@ -30,16 +31,16 @@ DERIVED_CONFIG_FIELDS = ("text_config", "vae_config", "boi_token_id", "image_tok
 
 
 
-def _processor_api():
-    """The processor package (not part of the flat remote-code folder): imported only when building."""
+def _processor_class():
+    """The processor registered with `AutoProcessor` for MMARConfig (importing mmar-hf's `processors` registers
+    it): this flat remote-code folder imports nothing outside itself."""
     try:
-        from processors import MMARProcessor, add_image_tokens
-    except ImportError as error:  # remote-code copies of this file live without the `processors` package
+        return PROCESSOR_MAPPING[MMARConfig]
+    except KeyError:
         raise ImportError(
-            "from_text_model builds the processor too and needs the `processors` package of mmar-hf: "
-            "pip install -e <mmar-hf checkout>"
-        ) from error
-    return MMARProcessor, add_image_tokens
+            "from_text_model builds the processor too: `import processors` (mmar-hf) first, so that AutoProcessor "
+            "knows MMARProcessor"
+        ) from None
 
 
 def _load_text_model(text_model_or_path, dtype) -> tuple[PreTrainedModel, str | None]:
@@ -98,12 +99,12 @@ def _vae_config(vae) -> dict:
             for key, value in vae.config.items() if key in init_args}
 
 
-def _prepare_tokenizer(tokenizer, add_image_tokens) -> dict[str, int]:
+def _prepare_tokenizer(tokenizer, processor_class) -> dict[str, int]:
     if tokenizer.pad_token is None:  # e.g. Llama: batches need padding; eos is the usual stand-in
         if tokenizer.eos_token is None:
             raise ValueError("The tokenizer has neither a pad nor an eos token; set tokenizer.pad_token first")
         tokenizer.pad_token = tokenizer.eos_token
-    return add_image_tokens(tokenizer)
+    return processor_class.add_image_tokens(tokenizer)
 
 
 def _build_config(text_model, tokenizer, token_ids, vae, image_size, patch_size, num_channels, config_kwargs):
@@ -159,12 +160,12 @@ def from_text_model(
     **config_kwargs,
 ):
     """See `MMARForConditionalGeneration.from_text_model`. Returns `(model, processor)`."""
-    MMARProcessor, add_image_tokens = _processor_api()
+    processor_class = _processor_class()
     text_model, source = _load_text_model(text_model_or_path, dtype)
     tokenizer = _load_tokenizer(tokenizer, source)
     vae = _load_vae(vae)
 
-    token_ids = _prepare_tokenizer(tokenizer, add_image_tokens)
+    token_ids = _prepare_tokenizer(tokenizer, processor_class)
     if len(tokenizer) > text_model.config.vocab_size:
         # New rows start at the mean of the old embeddings (transformers' mean_resizing); old rows are untouched.
         text_model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
@@ -196,7 +197,7 @@ def from_text_model(
                 setattr(model.generation_config, name, getattr(text_generation, name))
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    processor = MMARProcessor.from_model_config(config, tokenizer)
+    processor = processor_class.from_model_config(config, tokenizer)
     return model, processor
 
 

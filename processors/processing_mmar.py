@@ -15,6 +15,7 @@ import numpy as np
 from transformers import BatchFeature, ProcessorMixin
 
 from .image_processing_mmar import MMARImageProcessor
+from .tokenization_mmar import add_image_tokens
 
 GENERATION_MODES = ("text", "image")
 
@@ -119,6 +120,11 @@ class MMARProcessor(ProcessorMixin):
                 "processors.add_image_tokens(tokenizer) (then resize the model's embeddings)"
             )
         return tokenizer.convert_tokens_to_ids(token)
+
+    @staticmethod
+    def add_image_tokens(tokenizer) -> dict[str, int]:
+        """Add the image special tokens this processor lays out to any tokenizer (see `add_image_tokens`)."""
+        return add_image_tokens(tokenizer)
 
     @classmethod
     def from_model_config(cls, config, tokenizer, chat_template: str | None = None, **image_processor_kwargs):

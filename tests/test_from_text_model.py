@@ -1,5 +1,9 @@
 """`MMARForConditionalGeneration.from_text_model`: any pretrained causal LM becomes an MMAR model, weights kept exactly."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from conftest import TINY_VAE, digits_to_pixel_values
@@ -7,6 +11,7 @@ from diffusers import AutoencoderKL
 from tiny_backbones import build_bpe_tokenizer, build_text_model, save_backbone
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
+import processors  # noqa: F401  (registers MMARProcessor with AutoProcessor, as users import it)
 from modeling_mmar import MMARForConditionalGeneration
 
 IMAGE_TOKENS = ("<image>", "<boi>", "<img>", "<eoi>")
@@ -113,3 +118,13 @@ def test_bad_inputs_are_named(tmp_path):
         MMARForConditionalGeneration.from_text_model(text_model.model, tokenizer=tokenizer)
     with pytest.raises(ValueError, match="patch_size"):
         MMARForConditionalGeneration.from_text_model(text_model, tokenizer=tokenizer, image_size=8, patch_size=3)
+
+
+def test_without_the_processors_package_imported_the_error_says_what_to_import():
+    """modeling_mmar (the remote-code folder) finds MMARProcessor through AutoProcessor's registry, never by import."""
+    code = ("import modeling_mmar\n"
+            "modeling_mmar.MMARForConditionalGeneration.from_text_model('unused')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode != 0
+    assert "ImportError: from_text_model builds the processor too: `import processors`" in result.stderr
