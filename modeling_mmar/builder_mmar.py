@@ -19,7 +19,6 @@ from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
 from transformers.utils import logging
 
 from .configuration_mmar import MMARConfig
-from .modeling_mmar import complete_auto_map
 
 try:  # the VAE is optional (pixel-patch tokens need none)
     from diffusers import AutoencoderKL
@@ -171,7 +170,6 @@ def from_text_model(
         text_model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     config = _build_config(text_model, tokenizer, token_ids, vae, image_size, patch_size, num_channels, config_kwargs)
 
-    complete_auto_map(config)
     state_dict = _state_dict(text_model, vae)
     if dtype is None:
         dtype = text_model.dtype
@@ -201,4 +199,4 @@ def from_text_model(
     return model, processor
 
 
-__all__ = ["complete_auto_map", "from_text_model"]
+__all__ = ["from_text_model"]

@@ -65,14 +65,6 @@ REMOTE_CODE_AUTO_MAP = {
 
 
 
-def complete_auto_map(config) -> None:
-    """Add the remote-code entries of `REMOTE_CODE_AUTO_MAP` to `config.auto_map` (kept by save_pretrained)."""
-    auto_map = dict(getattr(config, "auto_map", None) or {})
-    for auto_class, reference in REMOTE_CODE_AUTO_MAP.items():
-        auto_map.setdefault(auto_class, reference)
-    config.auto_map = auto_map
-
-
 class MMARPreTrainedModel(PreTrainedModel):
     config: MMARConfig
     base_model_prefix = "model"
@@ -325,7 +317,7 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
         # remote code also expect AutoModel and AutoModelForCausalLM to resolve, whoever saved the folder. (A bare
         # MMARModel checkpoint has no heads: it keeps only what transformers writes.)
         if self._auto_class is not None:
-            complete_auto_map(self.config)
+            self.config.auto_map = {**REMOTE_CODE_AUTO_MAP, **(getattr(self.config, "auto_map", None) or {})}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     def get_output_embeddings(self):

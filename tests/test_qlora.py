@@ -9,7 +9,7 @@ from modeling_mmar import MMARForConditionalGeneration
 from processors import MMARProcessor, build_tokenizer
 from training.collator import MMARDataCollator
 from training.data import digits_corpus, load_digits_dataset
-from training.qlora import FULL_PRECISION_MODULES, memory_report, qlora_model, quantized_module_names
+from training.qlora import FULL_PRECISION_MODULES, memory_report, probe_loss, qlora_model, quantized_module_names
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -62,26 +62,16 @@ def test_qlora_steps_on_cpu_lower_the_loss(model_dir):
     collator = MMARDataCollator(tokenizer_processor, base.config.tokens_per_image, mask_ratio_min=0.0)
     probe = collator([rows[i] for i in range(32)])
 
-    def probe_loss():
-        model.eval()
-        with torch.no_grad():
-            values = []
-            for draw in range(3):
-                torch.manual_seed(draw)
-                values.append(float(model(**probe).loss))
-        model.train()
-        return sum(values) / len(values)
-
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert trainable and all(p.dtype == torch.float32 for p in trainable)
     optimizer = torch.optim.AdamW(trainable, lr=2e-3)
-    before = probe_loss()
+    before = probe_loss(model, probe)
     for step in range(8):
         loss = model(**collator([rows[32 + step * 16 + i] for i in range(16)])).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    assert probe_loss() < 0.9 * before
+    assert probe_loss(model, probe) < 0.9 * before
     # The 4-bit weights themselves never change (LoRA learns beside them).
     assert all(not p.requires_grad for n, p in model.named_parameters() if "language_model.layers" in n
                and "lora_" not in n)

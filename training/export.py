@@ -114,9 +114,7 @@ def load_scheduler(model_dir: Path, model_config):
 def write_export(model, processor, scheduler, folder: Path, max_shard_size: str = DEFAULT_MAX_SHARD_SIZE) -> None:
     """Model, processor, scheduler, pipeline index and remote code into `folder` (no card)."""
     from modeling_mmar import MMARPipeline
-    from modeling_mmar.builder_mmar import complete_auto_map
 
-    complete_auto_map(model.config)
     model.save_pretrained(str(folder), max_shard_size=max_shard_size)
     processor.save_pretrained(str(folder))
     scheduler.save_pretrained(str(folder / "scheduler"))

@@ -89,6 +89,19 @@ def memory_report(model) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ measurement
+def probe_loss(model, batch: dict, draws: int = 3) -> float:
+    """Mean loss of `model` on one fixed batch over `draws` seeded diffusion draws (timesteps and noise), in eval
+    mode: a low-variance before/after figure for a few training steps."""
+    model.eval()
+    with torch.no_grad():
+        values = []
+        for draw in range(draws):
+            torch.manual_seed(draw)
+            values.append(float(model(**batch).loss))
+    model.train()
+    return sum(values) / len(values)
+
+
 def measure(model_dir, steps: int = 5, batch_size: int = 16, learning_rate: float = 1e-3, seed: int = 0) -> dict:
     """Full-precision vs 4-bit weight memory, then `steps` QLoRA steps on digits (loss on a fixed probe batch)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -111,18 +124,8 @@ def measure(model_dir, steps: int = 5, batch_size: int = 16, learning_rate: floa
     device = next(p for p in model.parameters() if p.requires_grad).device
     probe = {k: v.to(device) for k, v in collator([rows[i] for i in range(64)]).items()}
 
-    def probe_loss() -> float:
-        model.eval()
-        with torch.no_grad():
-            values = []
-            for draw in range(3):
-                torch.manual_seed(draw)
-                values.append(float(model(**probe).loss))
-        model.train()
-        return sum(values) / len(values)
-
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
-    report["loss_before"] = probe_loss()
+    report["loss_before"] = probe_loss(model, probe)
     start = time.monotonic()
     for step in range(steps):
         batch = collator([rows[(step * batch_size + i) % len(rows)] for i in range(batch_size)])
@@ -131,7 +134,7 @@ def measure(model_dir, steps: int = 5, batch_size: int = 16, learning_rate: floa
         optimizer.step()
         optimizer.zero_grad()
     report["seconds_per_step"] = (time.monotonic() - start) / max(steps, 1)
-    report["loss_after"] = probe_loss()
+    report["loss_after"] = probe_loss(model, probe)
     if torch.cuda.is_available():
         report["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return report
@@ -153,5 +156,5 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["FULL_PRECISION_MODULES", "bnb_4bit_config", "load_4bit", "measure", "memory_report", "qlora_model",
-           "quantized_module_names", "weight_bytes"]
+__all__ = ["FULL_PRECISION_MODULES", "bnb_4bit_config", "load_4bit", "measure", "memory_report", "probe_loss",
+           "qlora_model", "quantized_module_names", "weight_bytes"]
