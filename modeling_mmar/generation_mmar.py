@@ -51,6 +51,12 @@ class MMARGenerationMixin(GenerationMixin):
         """
         if generation_mode not in GENERATION_MODES:
             raise ValueError(f"generation_mode must be one of {GENERATION_MODES}, got {generation_mode!r}")
+        prompt = inputs if inputs is not None else kwargs.get("input_ids")
+        if isinstance(prompt, torch.Tensor) and (prompt.ndim == 0 or prompt.shape[-1] == 0):
+            raise ValueError(
+                f"input_ids holds no tokens (shape {tuple(prompt.shape)}): a prompt needs at least <bos>, which "
+                "the processor adds (processor(text=...))"
+            )
         if generation_mode == "text":
             self._suppress_image_special_tokens(generation_config, kwargs)
             return super().generate(inputs, generation_config, *args, **kwargs)

@@ -137,3 +137,9 @@ def test_ambiguous_or_missing_inputs(model, batch):
 def test_labels_need_all_logits(model, batch):
     with pytest.raises(ValueError, match="logits_to_keep=0"):
         model(**batch, logits_to_keep=1)
+
+
+@pytest.mark.parametrize("generation_mode", ["text", "image"])
+def test_an_empty_prompt_is_named(model, generation_mode):
+    with pytest.raises(ValueError, match="input_ids holds no tokens"):
+        model.generate(input_ids=torch.zeros(1, 0, dtype=torch.long), generation_mode=generation_mode)
