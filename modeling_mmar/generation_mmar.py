@@ -7,6 +7,7 @@ import inspect
 import torch
 from transformers import GenerationMixin
 from transformers.masking_utils import create_masks_for_generate as _create_masks
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .image_tokens_mmar import image_block_ids
 from .sampling_mmar import generate_images
@@ -89,6 +90,7 @@ class MMARGenerationMixin(GenerationMixin):
             requested = (generation_config or self.generation_config).suppress_tokens
         kwargs["suppress_tokens"] = sorted(set(requested or ()) | image_ids)
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def prepare_inputs_for_generation(
         self,
         input_ids,
@@ -100,8 +102,6 @@ class MMARGenerationMixin(GenerationMixin):
         token_type_ids=None,
         **kwargs,
     ):
-        if cache is None and "past_key_values" in kwargs:  # pre-5.24 name
-            cache = kwargs.pop("past_key_values")
         # `token_type_ids` (1 = image token) only serve `create_masks_for_generate` at prefill (compileable caches
         # get their masks precomputed); afterwards every new token is causal text.
         if is_first_iteration and token_type_ids is None and input_ids is not None:
@@ -120,6 +120,11 @@ class MMARGenerationMixin(GenerationMixin):
             **kwargs,
         )
         model_inputs.pop("token_type_ids", None)  # forward finds the image spans in input_ids itself
+        if not is_first_iteration and kwargs.get("use_cache", True):
+            # The images live in the cache after prefill; GenerationMixin drops `pixel_values` itself, but not
+            # MMAR's other image inputs, which would otherwise be resent with every new token.
+            model_inputs.pop("image_tokens", None)
+            model_inputs.pop("image_mask", None)
         return model_inputs
 
     @staticmethod

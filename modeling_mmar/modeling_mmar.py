@@ -9,6 +9,7 @@ from transformers import initialization as init
 from transformers.masking_utils import create_masks_for_generate as _create_masks
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.utils import ModelOutput, can_return_tuple
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_mmar import MMARConfig
 from .diffusion_head_mmar import MMARDiffusionHead
@@ -189,6 +190,7 @@ class MMARModel(MMARPreTrainedModel):
 
     # ---------------- forward ----------------
     @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -208,8 +210,6 @@ class MMARModel(MMARPreTrainedModel):
         image_mask: bool [num_images, tokens_per_image]; True replaces the token by the mask embedding.
         """
         cfg = self.config
-        if cache is None and "past_key_values" in kwargs:  # pre-5.24 name
-            cache = kwargs.pop("past_key_values")
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
         if pixel_values is not None and image_tokens is not None:
@@ -374,6 +374,7 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
         return nn.functional.mse_loss(prediction.float(), target)
 
     @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -395,8 +396,6 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
             diffusion target. None = every image fully visible (understanding).
         labels: text labels, -100 where no text loss (image tokens, prompt, padding). Shifted internally.
         """
-        if cache is None and "past_key_values" in kwargs:  # pre-5.24 name
-            cache = kwargs.pop("past_key_values")
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,

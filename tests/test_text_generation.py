@@ -203,3 +203,22 @@ def test_processor_batch_generates_like_each_prompt_alone(model, digits):
         alone = processor(images=images[i:i + 1], text=texts[i:i + 1], return_tensors="pt")
         answer = model.generate(**alone, max_new_tokens=4, do_sample=False)[:, alone["input_ids"].shape[1]:]
         assert together[i].tolist() == answer[0].tolist()
+
+
+def test_image_tokens_answer_like_pixel_values_and_are_not_resent_after_prefill(model, images):
+    input_ids, attention_mask = left_padded([understanding_prompt(model.config, QUESTION)] * 2)
+    image_tokens = model.model.encode_images(images[:2])
+    from_pixels = model.generate(input_ids=input_ids, attention_mask=attention_mask, pixel_values=images[:2],
+                                 max_new_tokens=5, do_sample=False)
+    from_tokens = model.generate(input_ids=input_ids, attention_mask=attention_mask, image_tokens=image_tokens,
+                                 max_new_tokens=5, do_sample=False)
+    torch.testing.assert_close(from_tokens, from_pixels, rtol=0, atol=0)
+
+
+def test_the_pre_5_24_cache_name_still_works_with_a_deprecation_warning(model, images):
+    input_ids, _ = left_padded([understanding_prompt(model.config, QUESTION)])
+    prefill = model(input_ids=input_ids, pixel_values=images[:1], use_cache=True)
+    next_token = prefill.logits[:, -1:].argmax(-1)
+    with pytest.warns(FutureWarning, match="past_key_values"):
+        old_name = model(input_ids=next_token, past_key_values=prefill.past_key_values)
+    assert old_name.logits.shape[:2] == (1, 1)
