@@ -145,8 +145,8 @@ def test_caption_dropout_rate(processor, rows):
 
 
 def test_stage_switch_by_callback_at_epoch_starts(processor):
-    collator = MMARDataCollator(processor, L, mask_ratio_min=0.7)
-    callback = MaskStageCallback(collator, stage2_start_step=25, stage2_mask_ratio_min=0.0)
+    collator = MMARDataCollator(processor, L, mask_ratio_min=0.7, stage2_start_step=25, stage2_mask_ratio_min=0.0)
+    callback = MaskStageCallback(collator)
     args = SimpleNamespace(gradient_accumulation_steps=2)
     loader = list(range(20))  # 20 batches = 10 optimizer steps per epoch
     seen = []
@@ -157,14 +157,14 @@ def test_stage_switch_by_callback_at_epoch_starts(processor):
     # epochs start at steps 0, 10, 20, 30: the first start at or after step 25 switches to stage 2
     assert seen == [(0, 0.7), (1, 0.7), (2, 0.7), (3, 0.0)]
     # a run resumed at step 27 re-enters epoch 2 (started at step 20): still stage 1, as uninterrupted
-    resumed = MaskStageCallback(MMARDataCollator(processor, L, mask_ratio_min=0.7), 25)
+    resumed = MaskStageCallback(MMARDataCollator(processor, L, mask_ratio_min=0.7, stage2_start_step=25))
     resumed.on_epoch_begin(args, SimpleNamespace(global_step=27, epoch=2.7), None, train_dataloader=loader)
     assert (resumed.collator.epoch, resumed.collator.mask_ratio_min) == (2, 0.7)
 
 
 def test_stage_switch_without_epoch_length_happens_at_the_step(processor):
-    collator = MMARDataCollator(processor, L, mask_ratio_min=0.7)
-    callback = MaskStageCallback(collator, stage2_start_step=5)
+    collator = MMARDataCollator(processor, L, mask_ratio_min=0.7, stage2_start_step=5)
+    callback = MaskStageCallback(collator)
     stream = iter(range(100))  # no len(): a streamed dataset
     state = SimpleNamespace(global_step=0, epoch=0.0)
     callback.on_epoch_begin(None, state, None, train_dataloader=stream)
@@ -207,3 +207,16 @@ def test_bad_settings_are_rejected(processor):
         MMARDataCollator(processor, L, mask_ratio_min=-0.1)
     with pytest.raises(ValueError, match="tokens_per_image"):
         MMARDataCollator(processor, 64)  # the processor expands <image> to 16 tokens
+
+
+def test_the_collator_owns_the_two_stage_policy(processor):
+    collator = MMARDataCollator(processor, L, mask_ratio_min=0.7, stage2_start_step=100, stage2_mask_ratio_min=0.2)
+    assert [collator.mask_ratio_min_at(step) for step in (0, 99, 100, math.inf)] == [0.7, 0.7, 0.2, 0.2]
+    collator.set_step(150)
+    assert collator.mask_ratio_min == 0.2
+    one_stage = MMARDataCollator(processor, L, mask_ratio_min=0.7)
+    assert one_stage.mask_ratio_min_at(math.inf) == 0.7
+    with pytest.raises(ValueError, match="stage2_start_step"):
+        MMARDataCollator(processor, L, stage2_start_step=-1)
+    with pytest.raises(ValueError, match="stage2_mask_ratio_min"):
+        MMARDataCollator(processor, L, stage2_mask_ratio_min=1.5)

@@ -9,30 +9,18 @@ from transformers import TrainerCallback
 
 
 class MaskStageCallback(TrainerCallback):
-    """MMAR's two masking stages. Stage 1 trains with mask ratios in [stage1_min, 1] (the collator's
-    mask_ratio_min, MMAR: 0.7); stage 2 with ratios in [stage2_min, 1] (MMAR: 0.0), so that the model also learns
-    to fill the last few tokens of an almost complete image (stage 1 alone leaves holes). Also gives the collator
-    the epoch number (it seeds each row with it).
+    """Tells the collator the training step and epoch, so that it masks with the right stage of MMAR's two-stage
+    policy (`MMARDataCollator.mask_ratio_min_at`) and re-masks each row differently every epoch.
 
-    The stage changes at the first epoch start at or after global step `stage2_start_step`: dataloader workers
+    The stage changes at the first epoch start at or after the collator's `stage2_start_step`: dataloader workers
     copy the collator when an epoch's iterator starts, and the dataloader prefetches, so changes at epoch starts are
     the ones every batch sees the same way in uninterrupted and resumed runs. A dataloader without a length (a
     streamed dataset, one long epoch) switches at the step itself instead.
     """
 
-    def __init__(self, collator, stage2_start_step: int | None, stage2_mask_ratio_min: float = 0.0):
-        if stage2_start_step is not None and stage2_start_step < 0:
-            raise ValueError(f"stage2_start_step must be >= 0 or None, got {stage2_start_step}")
+    def __init__(self, collator):
         self.collator = collator
-        self.stage1_mask_ratio_min = collator.mask_ratio_min
-        self.stage2_start_step = stage2_start_step
-        self.stage2_mask_ratio_min = stage2_mask_ratio_min
         self._epoch_aligned = True
-
-    def mask_ratio_min_at(self, global_step: int) -> float:
-        if self.stage2_start_step is not None and global_step >= self.stage2_start_step:
-            return self.stage2_mask_ratio_min
-        return self.stage1_mask_ratio_min
 
     @staticmethod
     def _update_steps_per_epoch(args, train_dataloader) -> int | None:
@@ -52,11 +40,11 @@ class MaskStageCallback(TrainerCallback):
         else:
             epoch, epoch_first_step = math.floor((state.epoch or 0.0) + 1e-6), state.global_step
         self.collator.set_epoch(epoch)
-        self.collator.mask_ratio_min = self.mask_ratio_min_at(epoch_first_step)
+        self.collator.set_step(epoch_first_step)
 
     def on_step_end(self, args, state, control, **kwargs):
         if not self._epoch_aligned:
-            self.collator.mask_ratio_min = self.mask_ratio_min_at(state.global_step)
+            self.collator.set_step(state.global_step)
 
 
 class TimeBudgetCallback(TrainerCallback):

@@ -9,7 +9,9 @@ Each row becomes ONE of two samples (sequence conventions fixed with the process
   caption is the empty prompt, which trains the unconditional branch of classifier-free guidance.
 
 Mask ratio (MAR / MMAR): r ~ normal(mean, std) truncated to [mask_ratio_min, 1]; the first ceil(L * r) tokens of a
-random permutation are masked. `MaskStageCallback` lowers `mask_ratio_min` (0.7 -> 0.0) at the stage-2 step.
+random permutation are masked. MMAR trains in two stages: ratios in [mask_ratio_min, 1] (0.7) first, then from
+`stage2_start_step` in [stage2_mask_ratio_min, 1] (0.0), so that the model also learns to fill the last few tokens
+of an almost complete image. The collator owns this policy; `MaskStageCallback` only tells it the step and epoch.
 
 Randomness is per row, from `numpy.random.default_rng([seed, epoch, sample_index])`: the same row in the same
 epoch is always processed the same way, whatever the batch, the worker, the process or a resumed run. Rows
@@ -52,12 +54,16 @@ class MMARDataCollator:
         mask_ratio_std: float = 0.25,
         caption_dropout: float = 0.1,
         seed: int = 0,
+        stage2_start_step: int | None = None,
+        stage2_mask_ratio_min: float = 0.0,
     ):
         for name, value in (("understanding_ratio", understanding_ratio), ("caption_dropout", caption_dropout)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"MMARDataCollator {name} must be in [0, 1], got {value}")
         if mask_ratio_std <= 0:
             raise ValueError(f"MMARDataCollator mask_ratio_std must be > 0, got {mask_ratio_std}")
+        if stage2_start_step is not None and stage2_start_step < 0:
+            raise ValueError(f"MMARDataCollator stage2_start_step must be >= 0 or None, got {stage2_start_step}")
         if tokens_per_image < 1:
             raise ValueError(f"MMARDataCollator tokens_per_image must be >= 1, got {tokens_per_image}")
         processor_tokens = getattr(processor, "num_image_tokens", tokens_per_image)
@@ -71,7 +77,11 @@ class MMARDataCollator:
         self.understanding_ratio = understanding_ratio
         self.mask_ratio_mean = mask_ratio_mean
         self.mask_ratio_std = mask_ratio_std
-        self.mask_ratio_min = mask_ratio_min  # validated by the property setter
+        self.mask_ratio_min = mask_ratio_min  # validated by the property setter; the current stage's value
+        self.stage1_mask_ratio_min = self.mask_ratio_min
+        self.stage2_start_step = stage2_start_step
+        self.stage2_mask_ratio_min = stage2_mask_ratio_min
+        self.mask_ratio_min_at(0)  # validates stage2_mask_ratio_min
         self.caption_dropout = caption_dropout
         self.seed = seed
         self.epoch = 0
@@ -92,6 +102,18 @@ class MMARDataCollator:
         low = (value - self.mask_ratio_mean) / self.mask_ratio_std
         high = (1.0 - self.mask_ratio_mean) / self.mask_ratio_std
         self._ratio_cdf_bounds = (float(ndtr(low)), float(ndtr(high)))
+
+    def mask_ratio_min_at(self, step: int | float) -> float:
+        """The lower bound of the mask ratio at optimizer step `step` (`math.inf`: the final stage's)."""
+        if not 0.0 <= self.stage2_mask_ratio_min <= 1.0:
+            raise ValueError(f"MMARDataCollator stage2_mask_ratio_min must be in [0, 1], got {self.stage2_mask_ratio_min}")
+        if self.stage2_start_step is not None and step >= self.stage2_start_step:
+            return float(self.stage2_mask_ratio_min)
+        return self.stage1_mask_ratio_min
+
+    def set_step(self, step: int | float):
+        """Move to the masking stage of optimizer step `step` (MaskStageCallback calls it)."""
+        self.mask_ratio_min = self.mask_ratio_min_at(step)
 
     def set_epoch(self, epoch: int):
         """Called at each epoch start (MaskStageCallback): rows are re-masked differently every epoch."""

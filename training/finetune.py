@@ -33,7 +33,7 @@ from transformers import Trainer
 from .callbacks import MaskStageCallback, TimeBudgetCallback
 from .collator import MMARDataCollator
 from .data import load_digits_dataset
-from .train import MMARTrainer
+from .train import TRAINING_DEFAULTS, MMARTrainer
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "lora-digits.yaml"
 DEFAULT_BASE_MODEL = "./mmar-demo/model"
@@ -43,8 +43,9 @@ TRAINERS = ("sft", "trainer")
 EVALUATION_DEFAULTS = {"seeds_per_digit": 10, "num_iter": 16, "guidance_scale": 3.0, "guidance_schedule": "linear",
                        "temperature": 1.0, "num_inference_steps": 50, "max_new_tokens": 4, "batch_size": 100,
                        "english": True}
-TRAINING_DEFAULTS = {"remove_unused_columns": False, "report_to": "none", "save_strategy": "no",
-                     "dataloader_num_workers": 0, "dataloader_pin_memory": torch.cuda.is_available()}
+# A fine-tune saves its adapter once at the end, from the main process.
+FINETUNE_TRAINING_DEFAULTS = {**TRAINING_DEFAULTS, "save_strategy": "no", "dataloader_num_workers": 0,
+                              "dataloader_pin_memory": torch.cuda.is_available()}
 # trl SFTConfig defaults that do not fit MMAR: bf16 on CPU, truncation that could cut an image span, trl's own
 # dataset preparation (the MMAR collator does all processing) and activation checkpointing of tiny models.
 SFT_DEFAULTS = {"max_length": None, "dataset_kwargs": {"skip_prepare_dataset": True}, "gradient_checkpointing": False}
@@ -189,7 +190,7 @@ def __getattr__(name):  # `from training.finetune import MMARSFTTrainer` without
 def build_trainer(kind: str, model, processor, train_dataset, collator, training: dict, output_dir: str,
                   max_steps: int, seed: int, callbacks=()):
     """An `MMARSFTTrainer` (kind "sft") or a transformers `MMARTrainer` (kind "trainer") for a (peft) MMAR model."""
-    kwargs = {**TRAINING_DEFAULTS, "bf16": False, **(training or {}), "output_dir": output_dir,
+    kwargs = {**FINETUNE_TRAINING_DEFAULTS, "bf16": False, **(training or {}), "output_dir": output_dir,
               "max_steps": max_steps, "seed": seed}
     if kind == "sft":
         from trl import SFTConfig
@@ -305,7 +306,7 @@ def finetune(config: dict) -> dict:
     output.mkdir(parents=True)
     trainer = build_trainer(config.get("trainer", "sft"), peft_model, processor, splits["train"], collator,
                             config.get("training"), str(output / "trainer"), config["max_steps"], seed,
-                            callbacks=[MaskStageCallback(collator, None), time_budget])
+                            callbacks=[MaskStageCallback(collator), time_budget])
     train_start = time.monotonic()
     trainer.train()
     train_seconds = time.monotonic() - train_start

@@ -213,14 +213,12 @@ def build_run(config: dict, output_dir: str | None = None) -> TrainingRun:
     model = MMARForConditionalGeneration(model_config)
     processor = MMARProcessor.from_model_config(model_config, tokenizer=tokenizer)
 
-    collator_config = dict(config.get("collator") or {})
+    collator_config = {**(config.get("collator") or {}), **(config.get("mask_schedule") or {})}
     collator = MMARDataCollator(processor, model_config.tokens_per_image, seed=seed, **collator_config)
-    schedule = config.get("mask_schedule") or {}
-    stage_callback = MaskStageCallback(collator, schedule.get("stage2_start_step"),
-                                       schedule.get("stage2_mask_ratio_min", 0.0))
+    stage_callback = MaskStageCallback(collator)
     # Held-out losses: the final stage's masking, one fixed draw per row (epoch 0, a different seed).
     eval_collator = MMARDataCollator(processor, model_config.tokens_per_image, seed=seed + 1, **{
-        **collator_config, "mask_ratio_min": stage_callback.mask_ratio_min_at(10**12)})
+        **collator_config, "mask_ratio_min": collator.mask_ratio_min_at(math.inf), "stage2_start_step": None})
 
     args = build_training_arguments(config.get("training"), output_dir)
     if data_config.get("cache_image_tokens"):  # the frozen image tokenizer runs once per image, not every step
