@@ -67,8 +67,8 @@ def _head_sample(model, scheduler, cond, uncond, guidance, temperature, num_infe
             output_uncond = head(sample, timesteps, uncond).float()
             counter.head_calls += 1
             output = output_uncond + guidance * (output - output_uncond)
-        noise = randomness.normal(per_image, dim)
-        sample = scheduler.step(output, t, sample, temperature=temperature, variance_noise=noise).prev_sample
+        per_row = [g for g in randomness.generators for _ in range(per_image)]  # each token: its image's generator
+        sample = scheduler.step(output, t, sample, generator=per_row, temperature=temperature).prev_sample
     return sample
 
 
@@ -101,8 +101,7 @@ def naive_generate(
     with_uncond = guidance_scale != 1.0
     prefix_ids, prefix_mask = build_prompt_rows(input_ids, attention_mask, None, None, cfg, with_uncond)
     prefix_ids, prefix_mask = prefix_ids.to(device), prefix_mask.to(device)
-    scheduler = MMARScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.noise_schedule,
-                              prediction_type=cfg.prediction_type)
+    scheduler = MMARScheduler.from_model_config(cfg)
     randomness = PerImageRandomness(generator, batch_size, device)
     orders = randomness.permutations(num_tokens)
 

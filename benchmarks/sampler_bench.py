@@ -56,9 +56,9 @@ def build_scheduler(kind: str, config):
     """The head's diffusion process (cosine, v-prediction, trailing respacing) in the scheduler `kind`."""
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
-    from modeling_mmar.sampling_mmar import default_scheduler
+    from modeling_mmar import MMARScheduler
 
-    mmar = default_scheduler(config)
+    mmar = MMARScheduler.from_model_config(config)
     if kind == "ddpm":
         return mmar
     settings = {k: v for k, v in mmar.config.items() if k != "default_num_inference_steps"}  # MMAR-only key

@@ -330,11 +330,7 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
     def noise_scheduler(self) -> MMARScheduler:
         """The training-time diffusion process (built lazily: model init may run on the meta device)."""
         if self._noise_scheduler is None:
-            self._noise_scheduler = MMARScheduler(
-                num_train_timesteps=self.config.num_train_timesteps,
-                beta_schedule=self.config.noise_schedule,
-                prediction_type=self.config.prediction_type,
-            )
+            self._noise_scheduler = MMARScheduler.from_model_config(self.config)
         return self._noise_scheduler
 
     def diffusion_loss(self, conditions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

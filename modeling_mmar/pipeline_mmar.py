@@ -21,7 +21,7 @@ class MMARPipeline(DiffusionPipeline):
             `DDIMScheduler.from_config(pipe.scheduler.config)`.
 
     ```python
-    pipe = MMARPipeline(model=model, processor=processor, scheduler=MMARScheduler())
+    pipe = MMARPipeline(model=model, processor=processor, scheduler=MMARScheduler.from_model_config(model.config))
     image = pipe("a handwritten seven", generator=torch.Generator().manual_seed(0)).images[0]
     pipe.save_pretrained("mmar-pipe")
     ```

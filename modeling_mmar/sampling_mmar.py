@@ -12,7 +12,6 @@ equals the one generated alone with the same generator.
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 from collections.abc import Callable
 
@@ -188,15 +187,12 @@ class HeadSampler:
     def __init__(self, head, scheduler, num_inference_steps: int, temperature: float):
         self.head, self.scheduler = head, scheduler
         self.num_inference_steps, self.temperature = num_inference_steps, temperature
-        step_params = inspect.signature(scheduler.step).parameters
-        self.accepts_temperature = "temperature" in step_params
-        self.accepts_noise = "variance_noise" in step_params
-        self.accepts_generator = "generator" in step_params
         self.head_dtype = next(head.parameters()).dtype
-        if temperature != 1.0 and not (self.accepts_temperature or self.accepts_noise):
+        self.takes_temperature = isinstance(scheduler, MMARScheduler)  # MAR's temperature is MMARScheduler's
+        if temperature != 1.0 and not self.takes_temperature:
             raise ValueError(
-                f"temperature={temperature} needs a scheduler whose step takes `temperature` or `variance_noise` "
-                f"(MMARScheduler, DDIMScheduler, ...); {type(scheduler).__name__} takes neither: use temperature=1.0"
+                f"temperature={temperature} needs an MMARScheduler (its step scales the injected noise); "
+                f"{type(scheduler).__name__} has no temperature: use temperature=1.0"
             )
 
     def sample(self, cond, uncond, guidance: float, randomness: PerImageRandomness, per_image: int):
@@ -220,24 +216,14 @@ class HeadSampler:
         return sample
 
     def _step_kwargs(self, randomness: PerImageRandomness, per_image: int, dim: int) -> dict:
-        kwargs = {}
-        if self.accepts_noise:  # drawn for every step, used or not, so each image's stream stays aligned
-            noise = randomness.normal(per_image, dim)
-            if self.accepts_temperature:
-                kwargs["temperature"] = self.temperature
-            else:  # the noise enters the step linearly: scaling it is exactly a temperature
-                noise = noise * self.temperature
-            kwargs["variance_noise"] = noise
-        elif self.accepts_generator:
-            generators = randomness.generators
-            if all(g is not None for g in generators):  # randn_tensor draws row i from generator i: per image
-                kwargs["generator"] = [g for g in generators for _ in range(per_image)]
+        # Every diffusers scheduler's step takes `generator`, and randn_tensor draws row i from generator i: each
+        # token's noise comes from its own image's generator.
+        generators = randomness.generators
+        per_row = [g for g in generators for _ in range(per_image)] if all(g is not None for g in generators) else None
+        kwargs = {"generator": per_row}
+        if self.takes_temperature:
+            kwargs["temperature"] = self.temperature
         return kwargs
-
-
-def default_scheduler(config) -> MMARScheduler:
-    return MMARScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.noise_schedule,
-                         prediction_type=config.prediction_type)
 
 
 def check_scheduler(scheduler, config) -> None:
@@ -297,7 +283,7 @@ def generate_images(
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-    scheduler = default_scheduler(cfg) if scheduler is None else scheduler
+    scheduler = MMARScheduler.from_model_config(cfg) if scheduler is None else scheduler
     check_scheduler(scheduler, cfg)
     if num_inference_steps is None:
         num_inference_steps = getattr(scheduler, "config", {}).get("default_num_inference_steps", 100)

@@ -19,6 +19,38 @@ from diffusers.utils.torch_utils import randn_tensor
 
 
 class MMARScheduler(DDPMScheduler):
+    """
+    The DDPM process of MMAR's diffusion head: diffusers' `DDPMScheduler` with MMAR's defaults and a sampling
+    `temperature` in `step`.
+
+    Args:
+        num_train_timesteps (`int`, *optional*, defaults to 1000):
+            The number of diffusion steps the head was trained with.
+        beta_start (`float`, *optional*, defaults to 0.0001):
+            The starting `beta` of a linear or scaled-linear schedule (unused by the cosine schedule).
+        beta_end (`float`, *optional*, defaults to 0.02):
+            The final `beta` of a linear or scaled-linear schedule (unused by the cosine schedule).
+        beta_schedule (`str`, *optional*, defaults to `"squaredcos_cap_v2"`):
+            The beta schedule; MMAR and MAR use the cosine schedule.
+        trained_betas (`np.ndarray`, *optional*):
+            Betas given directly, bypassing `beta_start`, `beta_end` and `beta_schedule`.
+        variance_type (`str`, *optional*, defaults to `"fixed_small"`):
+            `"fixed_small"` or `"fixed_large"`: the head predicts no variance.
+        clip_sample (`bool`, *optional*, defaults to `False`):
+            Whether to clip the predicted x0 (tokens are VAE latents or pixels, not bounded to [-1, 1]).
+        prediction_type (`str`, *optional*, defaults to `"v_prediction"`):
+            What the head predicts: `"v_prediction"` (MMAR's choice for bf16 stability), `"epsilon"` or `"sample"`.
+        thresholding (`bool`, *optional*, defaults to `False`), dynamic_thresholding_ratio (`float`, *optional*,
+        defaults to 0.995), clip_sample_range (`float`, *optional*, defaults to 1.0), sample_max_value (`float`,
+        *optional*, defaults to 1.0), steps_offset (`int`, *optional*, defaults to 0), rescale_betas_zero_snr
+        (`bool`, *optional*, defaults to `False`):
+            As in `DDPMScheduler`.
+        timestep_spacing (`str`, *optional*, defaults to `"trailing"`):
+            How inference steps are respaced; "trailing" starts sampling at t = T - 1.
+        default_num_inference_steps (`int`, *optional*, defaults to 100):
+            The number of reverse steps `set_timesteps()` uses when called without a number.
+    """
+
     _compatibles = [DDPMScheduler.__name__, DDIMScheduler.__name__]
 
     @register_to_config
@@ -76,55 +108,37 @@ class MMARScheduler(DDPMScheduler):
             )
         return super().set_timesteps(num_inference_steps=num_inference_steps, device=device, timesteps=timesteps)
 
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
-        """x_t = alpha_t * x0 + sigma_t * noise, with `timesteps` of any leading shape of the sample (e.g. one per
-        token: timesteps [N, L] for samples [N, L, D]); diffusers' own version takes one timestep per row only."""
-        alpha_prod = self._alpha_prod(timesteps, original_samples)
-        return alpha_prod.sqrt() * original_samples + (1 - alpha_prod).sqrt() * noise
+    @classmethod
+    def from_model_config(cls, config, **kwargs) -> "MMARScheduler":
+        """The diffusion process an `MMARConfig`'s head is trained and sampled with (`kwargs` override any value)."""
+        return cls(**{"num_train_timesteps": config.num_train_timesteps, "beta_schedule": config.noise_schedule,
+                      "prediction_type": config.prediction_type, **kwargs})
 
-    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
-        """v = alpha_t * noise - sigma_t * x0 (the v-prediction target), timesteps broadcast as in `add_noise`."""
-        alpha_prod = self._alpha_prod(timesteps, sample)
-        return alpha_prod.sqrt() * noise - (1 - alpha_prod).sqrt() * sample
-
-    def predict_original_sample(self, model_output: torch.Tensor, timestep, sample: torch.Tensor) -> torch.Tensor:
-        """x0 from the model output: for v-prediction x0 = alpha_t * x_t - sigma_t * v."""
-        alpha_prod_t = self._alpha_prod(timestep, sample)
-        alpha_t, sigma_t = alpha_prod_t.sqrt(), (1 - alpha_prod_t).sqrt()
+    def predict_original_sample(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor) -> torch.Tensor:
+        """x0 from the head's output at `timestep`: for v-prediction x0 = alpha_t * x_t - sigma_t * v."""
+        alpha_prod_t = self.alphas_cumprod[int(timestep)].item()
+        alpha_t, sigma_t = alpha_prod_t**0.5, (1 - alpha_prod_t) ** 0.5
         if self.config.prediction_type == "v_prediction":
             return alpha_t * sample - sigma_t * model_output
         if self.config.prediction_type == "epsilon":
             return (sample - sigma_t * model_output) / alpha_t
         return model_output
 
-    def _alpha_prod(self, timestep, sample: torch.Tensor) -> torch.Tensor:
-        """alpha-bar at `timestep` (a number or a tensor whose shape is a leading part of `sample`'s), shaped to
-        broadcast over the remaining (feature) dimensions of `sample`."""
-        timestep = torch.as_tensor(timestep, device=sample.device).long()
-        if tuple(sample.shape[: timestep.ndim]) != tuple(timestep.shape):
-            raise ValueError(
-                f"timesteps of shape {tuple(timestep.shape)} do not match the leading dimensions of the sample "
-                f"{tuple(sample.shape)}"
-            )
-        alpha_prod = self.alphas_cumprod.to(device=sample.device, dtype=torch.float32)[timestep]
-        while alpha_prod.ndim < sample.ndim:  # one timestep per token: broadcast over the token's features
-            alpha_prod = alpha_prod.unsqueeze(-1)
-        return alpha_prod.to(sample.dtype)
-
     def step(
         self,
         model_output: torch.Tensor,
         timestep: int,
         sample: torch.Tensor,
-        temperature: float = 1.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
-        variance_noise: torch.Tensor | None = None,
         return_dict: bool = True,
+        temperature: float = 1.0,
+        variance_noise: torch.Tensor | None = None,
     ) -> DDPMSchedulerOutput | tuple:
         """
-        One respaced reverse step x_t -> x_{t_prev}. `temperature` multiplies the injected noise (0 makes the
-        step deterministic). `variance_noise` lets a caller supply its own standard-normal noise (e.g. drawn
-        per image from per-image generators); otherwise it is drawn from `generator`.
+        One respaced reverse step x_t -> x_{t_prev}, as `DDPMScheduler.step`. `temperature` multiplies the injected
+        noise (MAR's sampling temperature; 0 makes the step deterministic). `generator` may be a list with one
+        generator per row of `sample` (e.g. each token's image's generator), as `randn_tensor` takes it;
+        `variance_noise` (standard normal, like `DDIMScheduler.step`'s) replaces the draw.
         """
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")

@@ -71,9 +71,9 @@ def test_defaults_are_mmar_defaults():
 def test_v_prediction_identities_with_one_timestep_per_token():
     scheduler = MMARScheduler()
     generator = torch.Generator().manual_seed(0)
-    clean = torch.randn(6, 5, 4, generator=generator)  # [images, tokens, token_dim]
-    noise = torch.randn(6, 5, 4, generator=generator)
-    timesteps = torch.randint(0, 1000, (6, 5), generator=generator)  # a different timestep for every token
+    clean = torch.randn(30, 4, generator=generator)  # [tokens, token_dim], as the diffusion loss flattens them
+    noise = torch.randn(30, 4, generator=generator)
+    timesteps = torch.randint(0, 1000, (30,), generator=generator)  # a different timestep for every token
     alpha_prod = scheduler.alphas_cumprod[timesteps].unsqueeze(-1)
     alpha, sigma = alpha_prod.sqrt(), (1 - alpha_prod).sqrt()
 
@@ -82,15 +82,27 @@ def test_v_prediction_identities_with_one_timestep_per_token():
     velocity = scheduler.get_velocity(clean, noise, timesteps)
     torch.testing.assert_close(velocity, alpha * noise - sigma * clean)
     # x0 = alpha_t * x_t - sigma_t * v (and the velocity is orthogonal-rotation consistent: eps = sigma x_t + alpha v)
-    torch.testing.assert_close(scheduler.predict_original_sample(velocity, timesteps, noisy), clean, atol=1e-5, rtol=0)
+    t = int(timesteps[0])  # the head is sampled with one timestep for all tokens of a step
+    torch.testing.assert_close(scheduler.predict_original_sample(velocity[:1], t, noisy[:1]), clean[:1], atol=1e-5,
+                               rtol=0)
     torch.testing.assert_close(sigma * noisy + alpha * velocity, noise, atol=1e-5, rtol=0)
 
     eps_scheduler = MMARScheduler(prediction_type="epsilon")
-    mid = timesteps.clamp(max=900)  # epsilon's x0 estimate divides by alpha_t, which vanishes at t -> T
+    mid = torch.full_like(timesteps, 600)  # epsilon's x0 estimate divides by alpha_t, which vanishes at t -> T
     noisy_mid = eps_scheduler.add_noise(clean, noise, mid)
-    torch.testing.assert_close(eps_scheduler.predict_original_sample(noise, mid, noisy_mid), clean, atol=1e-4, rtol=0)
+    torch.testing.assert_close(eps_scheduler.predict_original_sample(noise, 600, noisy_mid), clean, atol=1e-4, rtol=0)
     sample_scheduler = MMARScheduler(prediction_type="sample")
-    assert torch.equal(sample_scheduler.predict_original_sample(clean, timesteps, noisy), clean)
+    assert torch.equal(sample_scheduler.predict_original_sample(clean, t, noisy), clean)
+
+
+def test_one_constructor_from_the_model_config():
+    from modeling_mmar import MMARConfig
+
+    config = MMARConfig(prediction_type="epsilon", noise_schedule="linear", num_train_timesteps=500)
+    scheduler = MMARScheduler.from_model_config(config)
+    assert (scheduler.config.prediction_type, scheduler.config.beta_schedule,
+            scheduler.config.num_train_timesteps) == ("epsilon", "linear", 500)
+    assert MMARScheduler.from_model_config(config, default_num_inference_steps=20).config.default_num_inference_steps == 20
 
 
 def test_step_returns_the_posterior_mean_plus_tempered_noise():

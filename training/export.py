@@ -107,8 +107,7 @@ def load_scheduler(model_dir: Path, model_config):
         class_name = json.loads((scheduler_dir / "scheduler_config.json").read_text())["_class_name"]
         scheduler_class = MMARScheduler if class_name == "MMARScheduler" else getattr(diffusers, class_name)
         return scheduler_class.from_pretrained(str(scheduler_dir))
-    return MMARScheduler(num_train_timesteps=model_config.num_train_timesteps,
-                         beta_schedule=model_config.noise_schedule, prediction_type=model_config.prediction_type)
+    return MMARScheduler.from_model_config(model_config)
 
 
 def write_export(model, processor, scheduler, folder: Path, max_shard_size: str = DEFAULT_MAX_SHARD_SIZE) -> None:

@@ -26,7 +26,6 @@ def load_pipeline(model_dir: str, device: str = "cpu", dtype: str = "float32", t
 
     import modeling_mmar
     from modeling_mmar import MMARPipeline, MMARScheduler
-    from modeling_mmar.sampling_mmar import default_scheduler
 
     folder = Path(model_dir)
     if not folder.is_dir():
@@ -41,7 +40,7 @@ def load_pipeline(model_dir: str, device: str = "cpu", dtype: str = "float32", t
         processor = AutoProcessor.from_pretrained(folder, trust_remote_code=trust_remote_code)
         scheduler_dir = folder / "scheduler"
         scheduler = (MMARScheduler.from_pretrained(scheduler_dir) if scheduler_dir.is_dir()
-                     else default_scheduler(model.config))
+                     else MMARScheduler.from_model_config(model.config))
         pipe = MMARPipeline(model=model, processor=processor, scheduler=scheduler)
     pipe.model.eval()
     return pipe.to(device)

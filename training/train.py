@@ -251,8 +251,7 @@ def save_trained(run: TrainingRun, output_dir: str | Path) -> None:
     if not run.trainer.is_world_process_zero():
         return
     config = run.model.config
-    scheduler = MMARScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.noise_schedule,
-                              prediction_type=config.prediction_type)
+    scheduler = MMARScheduler.from_model_config(run.model.config)
     scheduler.save_pretrained(os.path.join(output_dir, "scheduler"))
     MMARPipeline(model=run.model, processor=run.processor, scheduler=scheduler).save_config(str(output_dir))
     history = run.trainer.state.log_history
