@@ -1,4 +1,5 @@
-"""The per-token MLP diffusion head (MAR-style adaLN MLP), conditioned on the LLM hidden state."""
+"""The per-token MLP diffusion head (MAR-style adaLN MLP), conditioned on the LLM hidden state, with its training
+loss and its reverse-diffusion sampling loop (MAR's `DiffLoss`)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,6 @@ import math
 
 import torch
 from torch import nn
-
-
-def _zero_init(linear: nn.Linear) -> nn.Linear:
-    # `_init_weights` zeroes leaf Linears carrying this flag; custom-code models never visit containers.
-    linear._zero_init = True
-    return linear
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int = 256, max_period: int = 10000) -> torch.Tensor:
@@ -47,7 +42,7 @@ class MMARHeadResBlock(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(width, eps=1e-6)
         self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
-        self.ada_ln = nn.Sequential(nn.SiLU(), _zero_init(nn.Linear(width, 3 * width)))
+        self.ada_ln = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         shift, scale, gate = self.ada_ln(y).chunk(3, dim=-1)
@@ -58,8 +53,8 @@ class MMARHeadFinalLayer(nn.Module):
     def __init__(self, width: int, out_dim: int):
         super().__init__()
         self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.ada_ln = nn.Sequential(nn.SiLU(), _zero_init(nn.Linear(width, 2 * width)))
-        self.linear = _zero_init(nn.Linear(width, out_dim))
+        self.ada_ln = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+        self.linear = nn.Linear(width, out_dim)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         shift, scale = self.ada_ln(y).chunk(2, dim=-1)
@@ -77,7 +72,7 @@ class MMARDiffusionHead(nn.Module):
     def __init__(self, token_dim: int, condition_dim: int, width: int, depth: int):
         super().__init__()
         # Set by `model.activation_checkpointing_enable()` (or the older `gradient_checkpointing_enable()`) like the
-        # LLM's layers: `diffusion_loss` then checkpoints the head one `diffusion_batch_mul` copy at a time.
+        # LLM's layers: `loss` then checkpoints the head one `diffusion_batch_mul` copy at a time.
         self.gradient_checkpointing = False
         self.token_dim = token_dim
         self.input_proj = nn.Linear(token_dim, width)
@@ -85,6 +80,11 @@ class MMARDiffusionHead(nn.Module):
         self.condition_proj = nn.Linear(condition_dim, width)
         self.blocks = nn.ModuleList(MMARHeadResBlock(width) for _ in range(depth))
         self.final_layer = MMARHeadFinalLayer(width, token_dim)
+
+    def zero_initialised_linears(self) -> list[nn.Linear]:
+        """The adaLN modulations and the output layer start at zero (DiT / MAR): an untrained head predicts 0 and
+        every residual block starts as the identity."""
+        return [*(block.ada_ln[-1] for block in self.blocks), self.final_layer.ada_ln[-1], self.final_layer.linear]
 
     def embed_condition(self, condition: torch.Tensor) -> torch.Tensor:
         """The head's embedding of LLM states [..., H] -> [..., width]. The masked-AR sampler computes it once per
@@ -121,6 +121,82 @@ class MMARDiffusionHead(nn.Module):
         for block in self.blocks:
             x = block(x, y)
         return self.final_layer(x, y).reshape(*lead, self.token_dim)
+
+    def loss(self, conditions: torch.Tensor, targets: torch.Tensor, scheduler, batch_mul: int = 1,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """
+        MSE of the head's prediction for clean tokens `targets` [M, D] given LLM states `conditions` [M, H]. Each
+        token is drawn `batch_mul` times with a fresh uniform timestep and noise (from `generator` when given, so
+        that an evaluation loss is a function of its inputs) while the LLM ran once. The regression target is the
+        scheduler's `prediction_type`: v = alpha_t * noise - sigma_t * x0, the noise, or x0.
+        """
+        clean = targets.float().repeat(batch_mul, 1)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (clean.shape[0],), generator=generator,
+                                  device=generator.device if generator is not None else clean.device).to(clean.device)
+        noise = torch.randn(clean.shape, generator=generator, dtype=clean.dtype,
+                            device=generator.device if generator is not None else clean.device).to(clean.device)
+        noisy = scheduler.add_noise(clean, noise, timesteps)
+        prediction_type = scheduler.config.prediction_type
+        if prediction_type == "v_prediction":
+            target = scheduler.get_velocity(clean, noise, timesteps)
+        elif prediction_type == "epsilon":
+            target = noise
+        else:
+            target = clean
+        noisy = noisy.to(self.input_proj.weight.dtype)
+        # Embedding the M states once serves all `batch_mul` copies (copy k is rows k*M .. (k+1)*M - 1).
+        condition_embedding = self.embed_condition(conditions)
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            # The head's activations on batch_mul copies of every masked token are most of MMAR's extra training
+            # memory. Checkpointed one copy at a time, the backward pass holds a single copy's for one extra head
+            # forward. Inputs go positionally: the reentrant checkpoint (e.g. from peft) takes no kwargs.
+            prediction = torch.cat([
+                self._gradient_checkpointing_func(self.forward_embedded, noisy_copy, timesteps_copy,
+                                                  condition_embedding)
+                for noisy_copy, timesteps_copy in zip(noisy.chunk(batch_mul), timesteps.chunk(batch_mul))
+            ])
+        else:
+            prediction = self(noisy, timesteps, condition_embedding=condition_embedding.repeat(batch_mul, 1))
+        return nn.functional.mse_loss(prediction.float(), target)
+
+    @torch.no_grad()
+    def sample(self, conditions: torch.Tensor, scheduler, num_inference_steps: int, initial_noise: torch.Tensor,
+               uncond_conditions: torch.Tensor | None = None, guidance_scale: float = 1.0,
+               generator: list[torch.Generator] | torch.Generator | None = None,
+               temperature: float = 1.0) -> torch.Tensor:
+        """
+        Reverse diffusion of M tokens from `initial_noise` [M, D] given LLM states `conditions` [M, H], with
+        classifier-free guidance against `uncond_conditions` [M, H] (None: no CFG). `generator` is passed to every
+        `scheduler.step` (a list: one per token row); `temperature` scales MMARScheduler's injected noise.
+        """
+        from .scheduling_mmar import MMARScheduler
+
+        if temperature != 1.0 and not isinstance(scheduler, MMARScheduler):
+            raise ValueError(
+                f"temperature={temperature} needs an MMARScheduler (its step scales the injected noise); "
+                f"{type(scheduler).__name__} has no temperature: use temperature=1.0"
+            )
+        step_kwargs = {"generator": generator}
+        if isinstance(scheduler, MMARScheduler):
+            step_kwargs["temperature"] = temperature
+        scheduler.set_timesteps(num_inference_steps, device=conditions.device)
+        sample = initial_noise * scheduler.init_noise_sigma
+        with_cfg = uncond_conditions is not None
+        # The LLM states are fixed for the whole diffusion loop: embed them once, not at every head step.
+        condition_embedding = self.embed_condition(
+            torch.cat([conditions, uncond_conditions]) if with_cfg else conditions)
+        dtype = self.input_proj.weight.dtype
+        for t in scheduler.timesteps:
+            model_input = scheduler.scale_model_input(sample, t)
+            if with_cfg:  # the conditional and unconditional predictions share one x_t
+                model_input = torch.cat([model_input, model_input])
+            output = self(model_input.to(dtype), t.reshape(1).to(conditions.device),
+                          condition_embedding=condition_embedding).float()
+            if with_cfg:
+                output_cond, output_uncond = output.chunk(2)
+                output = output_uncond + guidance_scale * (output_cond - output_uncond)
+            sample = scheduler.step(output, t, sample, **step_kwargs).prev_sample
+        return sample
 
 
 __all__ = ["MMARDiffusionHead"]

@@ -98,7 +98,9 @@ class MMARPreTrainedModel(PreTrainedModel):
         if isinstance(module, MMARImageEmbedder):
             init.normal_(module.position_embedding, std=0.02)
             init.normal_(module.mask_embedding, std=0.02)
-        if getattr(module, "_zero_init", False):  # flag set on leaf Linears of the diffusion head
+        head = getattr(self, "diffusion_head", None)
+        if isinstance(module, nn.Linear) and head is not None and any(
+                module is linear for linear in head.zero_initialised_linears()):
             init.zeros_(module.weight)
             init.zeros_(module.bias)
 
@@ -333,41 +335,11 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
             self._noise_scheduler = MMARScheduler.from_model_config(self.config)
         return self._noise_scheduler
 
-    def diffusion_loss(self, conditions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """
-        MSE of the head's prediction over tokens `targets` [M, D] given LLM states `conditions` [M, H]. Each token
-        is drawn `diffusion_batch_mul` times with a fresh uniform timestep and noise while the LLM ran once. The
-        regression target is the scheduler's `prediction_type`: v = alpha_t * noise - sigma_t * x0, the noise, or x0.
-        """
-        mul = self.config.diffusion_batch_mul
-        clean = targets.float().repeat(mul, 1)
-        scheduler = self.noise_scheduler
-        timesteps = torch.randint(0, self.config.num_train_timesteps, (clean.shape[0],), device=clean.device)
-        noise = torch.randn_like(clean)
-        noisy = scheduler.add_noise(clean, noise, timesteps)
-        if self.config.prediction_type == "v_prediction":
-            target = scheduler.get_velocity(clean, noise, timesteps)
-        elif self.config.prediction_type == "epsilon":
-            target = noise
-        else:
-            target = clean
-        head = self.diffusion_head
-        noisy = noisy.to(next(head.parameters()).dtype)
-        # Embedding the M states once serves all `mul` copies (copy k is rows k*M .. (k+1)*M - 1).
-        condition_embedding = head.embed_condition(conditions)
-        if head.gradient_checkpointing and torch.is_grad_enabled():
-            # The head's activations on mul copies of every masked token are most of MMAR's extra training memory.
-            # Checkpointed as one piece they would all be recomputed at once; one copy at a time, the backward pass
-            # holds a single copy's (1 / mul of them) for one extra head forward.
-            # Inputs go positionally: the reentrant checkpoint (use_reentrant=True, e.g. from peft) takes no kwargs.
-            prediction = torch.cat([
-                head._gradient_checkpointing_func(head.forward_embedded, noisy_copy, timesteps_copy,
-                                                  condition_embedding)
-                for noisy_copy, timesteps_copy in zip(noisy.chunk(mul), timesteps.chunk(mul))
-            ])
-        else:
-            prediction = head(noisy, timesteps, condition_embedding=condition_embedding.repeat(mul, 1))
-        return nn.functional.mse_loss(prediction.float(), target)
+    def diffusion_loss(self, conditions: torch.Tensor, targets: torch.Tensor,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """The head's loss on tokens `targets` [M, D] given LLM states `conditions` [M, H] (`MMARDiffusionHead.loss`)."""
+        return self.diffusion_head.loss(conditions, targets, self.noise_scheduler, self.config.diffusion_batch_mul,
+                                        generator=generator)
 
     @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")

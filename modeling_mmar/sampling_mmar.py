@@ -74,6 +74,13 @@ class PerImageRandomness:
             orders.append(torch.randperm(num_tokens, generator=g, device=rand_device).to(self.device))
         return torch.stack(orders)
 
+    def per_row_generators(self, per_image: int) -> list[torch.Generator] | None:
+        """Image i's generator for each of its `per_image` token rows (what randn_tensor takes for per-row draws);
+        None when some image has no generator (the global RNG then draws for all)."""
+        if any(g is None for g in self.generators):
+            return None
+        return [g for g in self.generators for _ in range(per_image)]
+
     def normal(self, per_image: int, dim: int) -> torch.Tensor:
         """Standard normal [B * per_image, dim], image-major."""
         draws = [randn_tensor((per_image, dim), generator=g, device=self.device, dtype=torch.float32)
@@ -181,51 +188,6 @@ class ImageSpanRunner:
         return out.last_hidden_state
 
 
-class HeadSampler:
-    """Samples tokens from the diffusion head with a diffusers scheduler, with CFG on the head's output."""
-
-    def __init__(self, head, scheduler, num_inference_steps: int, temperature: float):
-        self.head, self.scheduler = head, scheduler
-        self.num_inference_steps, self.temperature = num_inference_steps, temperature
-        self.head_dtype = next(head.parameters()).dtype
-        self.takes_temperature = isinstance(scheduler, MMARScheduler)  # MAR's temperature is MMARScheduler's
-        if temperature != 1.0 and not self.takes_temperature:
-            raise ValueError(
-                f"temperature={temperature} needs an MMARScheduler (its step scales the injected noise); "
-                f"{type(scheduler).__name__} has no temperature: use temperature=1.0"
-            )
-
-    def sample(self, cond, uncond, guidance: float, randomness: PerImageRandomness, per_image: int):
-        """cond/uncond: LLM states [M, H] of the M tokens to sample (uncond None: no CFG). Returns [M, D]."""
-        scheduler, dim = self.scheduler, self.head.token_dim
-        scheduler.set_timesteps(self.num_inference_steps, device=cond.device)
-        sample = randomness.normal(per_image, dim) * scheduler.init_noise_sigma
-        conditions = cond if uncond is None else torch.cat([cond, uncond])
-        # The LLM states are fixed for the whole diffusion loop: embed them once, not at every head step.
-        condition_embedding = self.head.embed_condition(conditions)
-        for t in scheduler.timesteps:
-            model_input = scheduler.scale_model_input(sample, t)
-            if uncond is not None:  # the conditional and unconditional predictions share one x_t
-                model_input = torch.cat([model_input, model_input])
-            output = self.head(model_input.to(self.head_dtype), t.reshape(1).to(cond.device),
-                               condition_embedding=condition_embedding).float()
-            if uncond is not None:
-                output_cond, output_uncond = output.chunk(2)
-                output = output_uncond + guidance * (output_cond - output_uncond)
-            sample = scheduler.step(output, t, sample, **self._step_kwargs(randomness, per_image, dim)).prev_sample
-        return sample
-
-    def _step_kwargs(self, randomness: PerImageRandomness, per_image: int, dim: int) -> dict:
-        # Every diffusers scheduler's step takes `generator`, and randn_tensor draws row i from generator i: each
-        # token's noise comes from its own image's generator.
-        generators = randomness.generators
-        per_row = [g for g in generators for _ in range(per_image)] if all(g is not None for g in generators) else None
-        kwargs = {"generator": per_row}
-        if self.takes_temperature:
-            kwargs["temperature"] = self.temperature
-        return kwargs
-
-
 def check_scheduler(scheduler, config) -> None:
     if not (hasattr(scheduler, "set_timesteps") and hasattr(scheduler, "step")):
         raise ValueError(
@@ -300,7 +262,6 @@ def generate_images(
     rows = 2 * batch_size if with_uncond else batch_size
 
     runner = ImageSpanRunner(model, prefix_ids.to(device), prefix_mask.to(device), use_cache)
-    head_sampler = HeadSampler(model.diffusion_head, scheduler, num_inference_steps, temperature)
     tokens = torch.zeros(batch_size, num_tokens, cfg.token_dim, device=device)
     still_masked = torch.ones(batch_size, num_tokens, dtype=torch.bool, device=device)
     revealed = 0
@@ -315,7 +276,11 @@ def generate_images(
             cond = hidden[:batch_size].gather(1, gather).flatten(0, 1)
             uncond = hidden[batch_size:].gather(1, gather).flatten(0, 1) if with_uncond else None
             guidance = guidance_for_step(guidance_scale, guidance_schedule, revealed_after, num_tokens)
-            new_tokens = head_sampler.sample(cond, uncond, guidance, randomness, leaving.shape[1])
+            per_image = leaving.shape[1]
+            new_tokens = model.diffusion_head.sample(
+                cond, scheduler, num_inference_steps, randomness.normal(per_image, cfg.token_dim),
+                uncond_conditions=uncond, guidance_scale=guidance,
+                generator=randomness.per_row_generators(per_image), temperature=temperature)
             tokens.scatter_(1, leaving.unsqueeze(-1).expand(-1, -1, cfg.token_dim),
                             new_tokens.view(batch_size, -1, cfg.token_dim).to(tokens.dtype))
             still_masked.scatter_(1, leaving, False)

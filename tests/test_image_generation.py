@@ -19,10 +19,9 @@ def randomize_head(model, std=0.05):
     """The head is zero-initialised (it predicts 0 until trained): give it random weights so outputs depend on
     the LLM states, as a trained head's do."""
     with torch.no_grad():
-        for module in model.diffusion_head.modules():
-            if getattr(module, "_zero_init", False):
-                torch.nn.init.normal_(module.weight, std=std)
-                torch.nn.init.normal_(module.bias, std=std)
+        for module in model.diffusion_head.zero_initialised_linears():
+            torch.nn.init.normal_(module.weight, std=std)
+            torch.nn.init.normal_(module.bias, std=std)
     return model
 
 

@@ -6,6 +6,7 @@ from conftest import TINY_LLAMA, TINY_VAE, digits_to_pixel_values, generation_ba
 from torch import nn
 
 from modeling_mmar import MMARForConditionalGeneration, MMARScheduler
+from modeling_mmar.diffusion_head_mmar import MMARDiffusionHead
 
 CAPTION_IDS = list(range(20, 30))  # one caption token per digit class, inside the tiny vocabulary
 
@@ -137,14 +138,12 @@ def test_image_loss_is_over_the_masked_tokens_only_conditioned_at_their_own_posi
     assert torch.isfinite(out.loss) and torch.equal(out.loss, out.text_loss)
 
 
-class OracleHead(nn.Module):
+class OracleHead(MMARDiffusionHead):
     """Knows x0 (passed in as the condition) and returns the exact diffusion target for its prediction type."""
 
     def __init__(self, scheduler, token_dim):
-        super().__init__()
-        self.scheduler, self.token_dim = scheduler, token_dim
-        self.unused = nn.Parameter(torch.zeros(1))
-        self.gradient_checkpointing = False
+        super().__init__(token_dim, condition_dim=1, width=4, depth=0)
+        self.scheduler = scheduler
 
     def embed_condition(self, condition):
         return condition
@@ -363,3 +362,16 @@ def test_head_checkpointing_keeps_the_diffusion_loss_and_its_gradients(config, d
     torch.testing.assert_close(checkpointed_condition_grad, condition_grad, atol=1e-6, rtol=1e-4)
     for name, grad in grads.items():
         torch.testing.assert_close(checkpointed_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_the_diffusion_loss_is_a_function_of_its_inputs_given_a_generator(digits):
+    config = tiny_config()
+    model = MMARForConditionalGeneration(config)
+    tokens = model.model.encode_images(digits_to_pixel_values(digits[0][:3])).reshape(-1, config.token_dim)
+    conditions = torch.randn(tokens.shape[0], config.text_config.hidden_size)
+
+    def loss(seed):
+        return model.diffusion_loss(conditions, tokens, generator=torch.Generator().manual_seed(seed))
+
+    assert torch.equal(loss(7), loss(7))
+    assert not torch.equal(loss(7), loss(8))
