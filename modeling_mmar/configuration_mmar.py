@@ -41,21 +41,45 @@ class MMARConfig(PreTrainedConfig):
 
     Args:
         text_config (`dict` or `PreTrainedConfig`, *optional*):
-            Config of any causal LM (resolved through `AutoConfig`; default: a tiny Qwen2).
+            Config of any causal LM, resolved through `AutoConfig` (defaults to a tiny Qwen2).
         vae_config (`dict`, *optional*):
-            Keyword arguments of diffusers' `AutoencoderKL`. `None` tokenizes raw pixel patches.
-        image_size (`int`): Side of the (square) images in pixels.
-        num_channels (`int`): Image channels (3 = RGB, 1 = grayscale).
-        patch_size (`int`): Side of a token's patch, in latent pixels (pixels when `vae_config` is None).
-        vae_scaling_factor (`float`): Latents (or pixels) are multiplied by it before patchifying.
-        vae_shift_factor (`float`): Subtracted from latents before scaling.
-        embedder_depth (`int`): Bidirectional transformer blocks in the image embedder (0 = linear).
-        embedder_num_heads (`int`): Attention heads of those blocks.
-        head_width (`int`), head_depth (`int`): Width and residual blocks of the diffusion head.
-        diffusion_batch_mul (`int`): Fresh (timestep, noise) draws per masked token per forward.
-        num_train_timesteps (`int`), noise_schedule (`str`), prediction_type (`str`): Diffusion process.
-        image_loss_weight (`float`): `loss = text_loss + image_loss_weight * image_loss`.
-        boi_token_id, image_token_id, eoi_token_id (`int`): Ids of `<boi>`, `<img>` and `<eoi>`.
+            Keyword arguments of diffusers' `AutoencoderKL`; `None` tokenizes raw pixel patches.
+        image_size (`int`, *optional*, defaults to 8):
+            Side of the (square) images in pixels.
+        num_channels (`int`, *optional*, defaults to 1):
+            Image channels (3 = RGB, 1 = grayscale).
+        patch_size (`int`, *optional*, defaults to 2):
+            Side of a token's patch, in latent pixels (pixels when `vae_config` is None).
+        vae_scaling_factor (`float`, *optional*, defaults to 1.0):
+            Latents (or pixels) are multiplied by it before patchifying.
+        vae_shift_factor (`float`, *optional*, defaults to 0.0):
+            Subtracted from latents before scaling.
+        embedder_depth (`int`, *optional*, defaults to 0):
+            Bidirectional transformer blocks in the image embedder (0 = a linear embedding).
+        embedder_num_heads (`int`, *optional*, defaults to 4):
+            Attention heads of those blocks.
+        head_width (`int`, *optional*, defaults to 256):
+            Width of the diffusion head's MLP.
+        head_depth (`int`, *optional*, defaults to 3):
+            Residual blocks of the diffusion head.
+        diffusion_batch_mul (`int`, *optional*, defaults to 4):
+            Fresh (timestep, noise) draws per masked token per forward (MAR's `diffusion_batch_mul`).
+        num_train_timesteps (`int`, *optional*, defaults to 1000):
+            Steps of the head's diffusion process.
+        noise_schedule (`str`, *optional*, defaults to `"squaredcos_cap_v2"`):
+            Its beta schedule: `"squaredcos_cap_v2"` (cosine), `"linear"` or `"scaled_linear"`.
+        prediction_type (`str`, *optional*, defaults to `"v_prediction"`):
+            What the head regresses: `"v_prediction"` (MMAR's choice), `"epsilon"` or `"sample"`.
+        image_loss_weight (`float`, *optional*, defaults to 1.0):
+            `loss = text_loss + image_loss_weight * image_loss`.
+        boi_token_id (`int`, *optional*, defaults to 4):
+            Id of `<boi>`, which opens an image span.
+        image_token_id (`int`, *optional*, defaults to 5):
+            Id of `<img>`, one per image token of a span.
+        eoi_token_id (`int`, *optional*, defaults to 6):
+            Id of `<eoi>`, which closes an image span.
+        tie_word_embeddings (`bool`, *optional*, defaults to `False`):
+            Whether `lm_head` shares the text model's input embeddings.
     """
 
     model_type = "mmar"

@@ -7,8 +7,8 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.masking_utils import create_masks_for_generate as _create_masks
-from transformers.modeling_outputs import BaseModelOutputWithPast
-from transformers.utils import ModelOutput, can_return_tuple
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils import can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_mmar import MMARConfig
@@ -34,26 +34,47 @@ except ImportError:  # pragma: no cover
 
 @dataclass
 class MMARModelOutputWithPast(BaseModelOutputWithPast):
-    """`BaseModelOutputWithPast` plus the clean continuous image tokens [num_images, tokens_per_image, token_dim]."""
+    r"""
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
+            Hidden states of the LLM's last layer, at text and image positions alike.
+        cache (`Cache`, *optional*, returned when `use_cache=True`):
+            The LLM's key/value cache, image spans included.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
+            The embeddings and each layer's output, each `(batch_size, sequence_length, hidden_size)`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True`):
+            Each layer's attention weights, `(batch_size, num_heads, sequence_length, sequence_length)`.
+        image_tokens (`torch.FloatTensor` of shape `(num_images, tokens_per_image, token_dim)`, *optional*):
+            The clean continuous image tokens of the images in the input (before masking).
+    """
 
     image_tokens: torch.FloatTensor | None = None
 
 
 @dataclass
-class MMARCausalLMOutputWithPast(ModelOutput):
-    """
-    loss: `text_loss + image_loss_weight * image_loss` (whichever are present).
-    text_loss: next-token cross-entropy on `labels`.
-    image_loss: diffusion MSE over the masked image tokens.
+class MMARCausalLMOutputWithPast(CausalLMOutputWithPast):
+    r"""
+    Args:
+        loss (`torch.FloatTensor` of shape `(1,)`, *optional*, returned when `labels` or `image_mask` is given):
+            `text_loss + image_loss_weight * image_loss` (whichever are present).
+        logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`):
+            Scores of the language-modeling head.
+        cache (`Cache`, *optional*, returned when `use_cache=True`):
+            The LLM's key/value cache, image spans included.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
+            The embeddings and each layer's output, each `(batch_size, sequence_length, hidden_size)`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True`):
+            Each layer's attention weights, `(batch_size, num_heads, sequence_length, sequence_length)`.
+        text_loss (`torch.FloatTensor` of shape `(1,)`, *optional*, returned when `labels` is given):
+            Next-token cross-entropy on `labels`.
+        image_loss (`torch.FloatTensor` of shape `(1,)`, *optional*, returned when `image_mask` masks tokens):
+            The diffusion head's MSE over the masked image tokens.
+        image_tokens (`torch.FloatTensor` of shape `(num_images, tokens_per_image, token_dim)`, *optional*):
+            The clean continuous image tokens of the images in the input (before masking).
     """
 
-    loss: torch.FloatTensor | None = None
     text_loss: torch.FloatTensor | None = None
     image_loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    cache: object | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
     image_tokens: torch.FloatTensor | None = None
 
 

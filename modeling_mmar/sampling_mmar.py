@@ -1,4 +1,4 @@
-"""Text -> image: MMAR's masked-autoregressive sampling loop (DESIGN sections 1 and 3b).
+"""Text -> image: MMAR's masked-autoregressive sampling loop.
 
 Every row is `prompt <boi> [image span]`. The prompt prefix never changes, so it runs through the LLM once and
 its KV cache is reused at each of the `num_iter` masked-AR steps, where only the image span runs again (visible

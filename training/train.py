@@ -250,7 +250,6 @@ def save_trained(run: TrainingRun, output_dir: str | Path) -> None:
     run.trainer.save_model(str(output_dir))
     if not run.trainer.is_world_process_zero():
         return
-    config = run.model.config
     scheduler = MMARScheduler.from_model_config(run.model.config)
     scheduler.save_pretrained(os.path.join(output_dir, "scheduler"))
     MMARPipeline(model=run.model, processor=run.processor, scheduler=scheduler).save_config(str(output_dir))
