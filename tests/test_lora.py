@@ -100,6 +100,16 @@ def test_adapter_save_load_merge(tmp_path, digits):
         conditions = torch.randn(3, model.config.text_config.hidden_size)
         expected_head = peft_model.diffusion_head(torch.randn(3, 4, generator=torch.Generator().manual_seed(0)),
                                                   torch.tensor([10, 500, 900]), conditions)
+    # The flow the adapter's card documents: peft's own loading, after growing the base to the adapter's vocabulary.
+    assert "base.resize_token_embeddings(len(processor.tokenizer))" in (tmp_path / "adapter" / "README.md").read_text()
+    adapter_processor = AutoProcessor.from_pretrained(tmp_path / "adapter")
+    base = AutoModelForImageTextToText.from_pretrained(base_dir)
+    base.resize_token_embeddings(len(adapter_processor.tokenizer))
+    documented = PeftModel.from_pretrained(base, tmp_path / "adapter").merge_and_unload().eval()
+    with torch.no_grad():
+        torch.testing.assert_close(documented(**batch, pixel_values=pixel_values).logits, expected.logits,
+                                   rtol=1e-4, atol=1e-4)
+
     loaded, loaded_processor = load_adapter_model(base_dir, tmp_path / "adapter")
     assert isinstance(loaded, PeftModel) and len(loaded_processor.tokenizer) == len(processor.tokenizer)
     with torch.no_grad():

@@ -145,7 +145,35 @@ def save_adapter(peft_model, processor, base_dir, adapter_dir, base_vocab_size: 
         "vocab_size": int(config.text_config.vocab_size),
     }
     (adapter_dir / ADAPTER_INFO).write_text(json.dumps(info, indent=2))
+    _add_loading_section(adapter_dir / "README.md", info)
     return adapter_dir
+
+
+ADAPTER_LOADING = """
+## Loading this adapter
+
+The adapter grew the base model's vocabulary from {base_vocab_size} to {vocab_size} tokens; its processor holds
+the grown tokenizer and the adapter the trained rows of the new tokens. Resize the base before loading it:
+
+```python
+from peft import PeftModel
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+processor = AutoProcessor.from_pretrained(adapter_dir)
+base = AutoModelForImageTextToText.from_pretrained(base_dir)
+base.resize_token_embeddings(len(processor.tokenizer))
+model = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+```
+
+`training.lora.load_adapter_model(base_dir, adapter_dir)` does the same and first checks that `base_dir` holds the
+exact base the adapter was trained on.
+"""
+
+
+def _add_loading_section(card_path: Path, info: dict) -> None:
+    """peft writes a generic card; say how this adapter loads (its vocabulary differs from the base's)."""
+    card = card_path.read_text(encoding="utf-8") if card_path.is_file() else "# MMAR LoRA adapter\n"
+    card_path.write_text(card.rstrip() + "\n" + ADAPTER_LOADING.format(**info), encoding="utf-8")
 
 
 def read_adapter_info(adapter_dir) -> dict:
