@@ -146,7 +146,21 @@ class MMARModel(MMARPreTrainedModel):
             depth=config.embedder_depth,
             num_heads=config.embedder_num_heads,
         )
+        # Inside an MMARForConditionalGeneration the diffusion loss is computed by the owner's forward, after this
+        # one: a training call with masked image tokens that does not come through it drops that loss.
+        self._owner_computes_image_loss = False
+        self._inside_owner_forward = False
         self.post_init()
+
+    def _check_image_loss_not_bypassed(self, image_mask: torch.Tensor) -> None:
+        if (self._owner_computes_image_loss and not self._inside_owner_forward and self.training
+                and torch.is_grad_enabled() and bool(image_mask.any())):
+            raise RuntimeError(
+                "The backbone of an MMARForConditionalGeneration was called with masked image tokens outside the "
+                "model's own forward, so the diffusion loss would be silently dropped (trl's SFTTrainer replaces "
+                "the forward by a fused LM head that computes the text loss only). Train with "
+                "training.finetune.MMARSFTTrainer (trl) or MMARTrainer (transformers), which keep both losses"
+            )
 
     def freeze_image_tokenizer(self):
         """The VAE is a fixed tokenizer: no gradients, always in eval mode."""
@@ -263,6 +277,7 @@ class MMARModel(MMARPreTrainedModel):
                     )
                 if image_mask is not None:
                     check_image_mask(image_mask, num_spans, cfg.tokens_per_image)
+                    self._check_image_loss_not_bypassed(image_mask)
                 image_embeds = self.image_embedder(image_tokens, image_mask).to(inputs_embeds.dtype)
                 positions = (input_ids == cfg.image_token_id).unsqueeze(-1).expand_as(inputs_embeds)
                 inputs_embeds = inputs_embeds.masked_scatter(positions, image_embeds.reshape(-1))
@@ -301,6 +316,7 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
     def __init__(self, config: MMARConfig):
         super().__init__(config)
         self.model = MMARModel(config)
+        self.model._owner_computes_image_loss = True
         hidden = config.text_config.hidden_size
         self.lm_head = nn.Linear(hidden, config.text_config.vocab_size, bias=False)
         self.diffusion_head = MMARDiffusionHead(
@@ -385,18 +401,22 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
             diffusion target. None = every image fully visible (understanding).
         labels: text labels, -100 where no text loss (image tokens, prompt, padding). Shifted internally.
         """
-        outputs = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            inputs_embeds=inputs_embeds,
-            pixel_values=pixel_values,
-            image_tokens=image_tokens,
-            image_mask=image_mask,
-            use_cache=use_cache,
-            **kwargs,
-        )
+        self.model._inside_owner_forward = True
+        try:
+            outputs = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cache=cache,
+                inputs_embeds=inputs_embeds,
+                pixel_values=pixel_values,
+                image_tokens=image_tokens,
+                image_mask=image_mask,
+                use_cache=use_cache,
+                **kwargs,
+            )
+        finally:
+            self.model._inside_owner_forward = False
         hidden_states = outputs.last_hidden_state
         slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, slice_indices, :])

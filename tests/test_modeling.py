@@ -123,8 +123,9 @@ def test_image_loss_is_over_the_masked_tokens_only_conditioned_at_their_own_posi
     assert head_rows == [num_masked * config.diffusion_batch_mul]
     clean_tokens = model.model.encode_images(batch["pixel_values"])
     assert torch.equal(seen["targets"], clean_tokens[image_mask])
-    states = model.model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
-                         image_mask=image_mask).last_hidden_state
+    with torch.no_grad():  # a training call with grad must come through the model's forward (it owns the loss)
+        states = model.model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
+                             image_mask=image_mask).last_hidden_state
     own_positions = states[batch["input_ids"] == config.image_token_id]  # no shift: the token's own position
     torch.testing.assert_close(seen["conditions"], own_positions[image_mask.reshape(-1)])
     assert torch.isfinite(out.image_loss)

@@ -78,17 +78,26 @@ def test_mmar_sft_trainer_trains_the_diffusion_head(setup, tmp_path):
                                               rel=0.05)
 
 
-def test_plain_sft_trainer_would_skip_the_diffusion_loss(setup, tmp_path):
-    """The trap MMARSFTTrainer avoids: trl's fused LM-head path never runs MMAR's forward."""
+def test_plain_sft_trainer_is_refused_instead_of_dropping_the_diffusion_loss(setup, tmp_path):
+    """trl's fused LM-head forward never runs MMAR's forward: the diffusion loss would silently drop out."""
     config, processor, dataset = setup
     model = lora_model(config)
-    batches = collator(config, processor)
-    probe = batches([dataset[i] for i in range(64)])
-    loss_before, head_before = probe_image_loss(model, probe), head_weights(model)
+    head_before = head_weights(model)
     args = SFTConfig(output_dir=str(tmp_path), max_steps=5, per_device_train_batch_size=32, learning_rate=1e-3,
                      bf16=False, remove_unused_columns=False, max_length=None, report_to="none", save_strategy="no",
                      gradient_checkpointing=False, dataset_kwargs={"skip_prepare_dataset": True},
                      dataloader_pin_memory=False)
-    SFTTrainer(model=model, args=args, train_dataset=dataset, data_collator=batches, processing_class=processor).train()
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator(config, processor),
+                         processing_class=processor)
+    with pytest.raises(RuntimeError, match="MMARSFTTrainer"):
+        trainer.train()
     assert all(torch.equal(p.detach(), head_before[n]) for n, p in model.named_parameters() if n in head_before)
-    assert probe_image_loss(model, probe) == pytest.approx(loss_before)
+
+
+def test_sft_config_defaults_get_a_message_pointing_to_mmar_sft_trainer(setup, tmp_path):
+    config, processor, dataset = setup
+    args = SFTConfig(output_dir=str(tmp_path), max_steps=2, report_to="none", bf16=False, use_cpu=True)
+    trainer = SFTTrainer(model=lora_model(config), args=args, train_dataset=dataset.select(range(64)),
+                         data_collator=collator(config, processor), processing_class=processor)
+    with pytest.raises(ValueError, match="MMARSFTTrainer.*skip_prepare_dataset"):
+        trainer.train()  # trl dropped the unused 'caption' column: the collator says what to use instead

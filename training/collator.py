@@ -170,9 +170,23 @@ class MMARDataCollator:
         return SamplePlan(False, f"{caption}{self.image_token}{eos}", None, self.sample_image_mask(rng))
 
     # ------------------------------------------------------------------ batching
+    @staticmethod
+    def _check_rows(example: dict) -> None:
+        """Rows must be raw (image, caption) rows: trl's SFTTrainer tokenizes datasets itself unless told not to."""
+        missing = [key for key in ("image", "caption") if key not in example and not (
+            key == "caption" and "answer" in example)]
+        if missing:
+            raise ValueError(
+                f"MMARDataCollator needs raw rows with 'image' and 'caption' columns; this row has "
+                f"{sorted(example)} (missing {missing}). With trl, use training.finetune.MMARSFTTrainer (or "
+                "build_trainer('sft', ...)), which keeps the raw rows (SFTConfig(remove_unused_columns=False, "
+                "dataset_kwargs={'skip_prepare_dataset': True})) and optimises the diffusion loss too"
+            )
+
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         if not examples:
             raise ValueError("MMARDataCollator got an empty batch")
+        self._check_rows(examples[0])
         plans = [self.plan(example) for example in examples]
         images = [
             decode_image(example["image"], where=f"row sample_index={example.get('sample_index')}")
