@@ -10,7 +10,6 @@ from transformers.masking_utils import create_masks_for_generate as _create_mask
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .image_tokens_mmar import image_block_ids
-from .sampling_mmar import generate_images
 
 GENERATION_MODES = ("text", "image")
 
@@ -75,6 +74,8 @@ class MMARGenerationMixin(GenerationMixin):
         input_ids = kwargs.pop("input_ids", None) if inputs is None else inputs
         if inputs is not None and "input_ids" in kwargs:
             raise ValueError("Pass the prompts either as `inputs` or as `input_ids`, not both")
+        from .sampling_mmar import generate_images  # needs diffusers: understanding and text generation do not
+
         unknown = sorted(set(kwargs) - set(inspect.signature(generate_images).parameters))
         if unknown:
             raise ValueError(

@@ -24,7 +24,6 @@ from .image_tokens_mmar import (
     patchify,
     unpatchify,
 )
-from .scheduling_mmar import MMARScheduler
 
 try:  # the VAE is optional (pixel-patch tokens need none); keeps remote code importable without diffusers
     from diffusers import AutoencoderKL
@@ -366,9 +365,12 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
         self.lm_head = new_embeddings
 
     @property
-    def noise_scheduler(self) -> MMARScheduler:
-        """The training-time diffusion process (built lazily: model init may run on the meta device)."""
+    def noise_scheduler(self):
+        """The training-time diffusion process, an `MMARScheduler` (built lazily: model init may run on the meta
+        device, and understanding-only users need no diffusers)."""
         if self._noise_scheduler is None:
+            from .scheduling_mmar import MMARScheduler
+
             self._noise_scheduler = MMARScheduler.from_model_config(self.config)
         return self._noise_scheduler
 

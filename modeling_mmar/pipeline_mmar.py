@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import torch
-from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin
+
+try:  # guarded: transformers' remote-code import check must not demand diffusers for text-only use
+    from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin
+except ImportError as error:  # pragma: no cover
+    raise ImportError("MMARPipeline needs diffusers: pip install diffusers") from error
 from transformers import ProcessorMixin
 
 from .modeling_mmar import MMARForConditionalGeneration

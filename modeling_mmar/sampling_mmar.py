@@ -16,12 +16,16 @@ import math
 from collections.abc import Callable
 
 import torch
-from diffusers.image_processor import VaeImageProcessor
-from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
-from .scheduling_mmar import MMARScheduler
+from .scheduling_mmar import MMARScheduler  # raises the ImportError that says to install diffusers
+
+try:  # guarded so that transformers' remote-code import check does not demand diffusers for text-only use
+    from diffusers.image_processor import VaeImageProcessor
+    from diffusers.utils.torch_utils import randn_tensor
+except ImportError as error:  # pragma: no cover
+    raise ImportError("MMAR image generation needs diffusers: pip install diffusers") from error
 
 GUIDANCE_SCHEDULES = ("linear", "constant")
 OUTPUT_TYPES = ("pt", "np", "pil", "latent")

@@ -9,13 +9,21 @@ reverse step (MAR's sampling temperature). Its config is a DDPM config, so `DDPM
 from __future__ import annotations
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
-# Not used here directly: diffusers' pipeline loader finds a custom component's loading method by looking its base
-# class (SchedulerMixin) up in the component's own module, so MMARPipeline.from_pretrained needs the name here.
-from diffusers import SchedulerMixin  # noqa: F401
-from diffusers.configuration_utils import register_to_config
-from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
-from diffusers.utils.torch_utils import randn_tensor
+
+# Guarded so that transformers' remote-code import check does not demand diffusers from users who only need text:
+# the diffusion process (image generation, the image loss) imports this module when it first runs.
+try:
+    from diffusers import DDIMScheduler, DDPMScheduler
+    # Not used here directly: diffusers' pipeline loader finds a custom component's loading method by looking its
+    # base class (SchedulerMixin) up in the component's own module, so MMARPipeline.from_pretrained needs the name.
+    from diffusers import SchedulerMixin  # noqa: F401
+    from diffusers.configuration_utils import register_to_config
+    from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
+    from diffusers.utils.torch_utils import randn_tensor
+except ImportError as error:  # pragma: no cover
+    raise ImportError(
+        "MMAR's diffusion process (image generation and the image loss) needs diffusers: pip install diffusers"
+    ) from error
 
 
 class MMARScheduler(DDPMScheduler):

@@ -40,6 +40,7 @@ def test_card_metadata_comes_from_the_run(exported_demo):
     assert (data.license, data.library_name, data.pipeline_tag) == ("apache-2.0", "transformers", "any-to-any")
     assert {"mmar", "custom_code"} <= set(data.tags)
     assert data.datasets == ["sklearn-digits"]
+    assert "image → text and text generation: `pip install torch transformers`" in card.text  # what to install
     results = {(r.task_type, r.metric_name): r.metric_value for r in data.eval_results}
     assert results[("image-text-to-text", "held-out caption accuracy")] == round(metrics["caption_accuracy"], 4)
     assert results[("text-to-image", "generated-digit accuracy (SVC judge)")] == round(

@@ -152,3 +152,64 @@ def test_loads_and_matches_where_the_package_is_not_installed(saved_model, tmp_p
     assert torch.equal(remote["answer"], answer)
     torch.testing.assert_close(remote["image"], generated, rtol=0, atol=1e-6)
     assert generated.std() > 0  # the images really came from the (perturbed) head
+
+
+WITHOUT_DIFFUSERS_SCRIPT = textwrap.dedent(
+    """
+    import glob, json, os, sys
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers.dynamic_module_utils import check_imports
+
+    folder = sys.argv[1]
+    report = {}
+    try:
+        import diffusers  # noqa: F401
+        report["diffusers_importable"] = True
+    except ImportError:
+        report["diffusers_importable"] = False
+    # What transformers checks for each code file it fetches from the Hub.
+    report["import_check"] = {}
+    for path in sorted(glob.glob(os.path.join(folder, "*_mmar.py"))):
+        try:
+            check_imports(path)
+            report["import_check"][os.path.basename(path)] = "ok"
+        except ImportError as error:
+            report["import_check"][os.path.basename(path)] = str(error)
+    model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    image = torch.rand(1, 8, 8)
+    inputs = processor(text=["<image>What digit is this?"], images=[image], return_tensors="pt")
+    with torch.no_grad():
+        answer = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    report["answer_tokens"] = answer.shape[1] - inputs["input_ids"].shape[1]
+    prompt = processor(text=["a handwritten seven"], generation_mode="image", return_tensors="pt")
+    try:
+        model.generate(**prompt, generation_mode="image", num_iter=2, num_inference_steps=2)
+        report["image_error"] = None
+    except ImportError as error:
+        report["image_error"] = str(error)
+    print("REPORT", json.dumps(report))
+    """
+)
+
+
+def test_understanding_works_without_diffusers_and_image_generation_says_what_to_install(saved_model, tmp_path):
+    folder, _, _ = saved_model
+    hidden = tmp_path / "no-diffusers" / "diffusers"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError(\"No module named 'diffusers'\")\n")
+    script = tmp_path / "script" / "without_diffusers.py"
+    script.parent.mkdir()
+    script.write_text(WITHOUT_DIFFUSERS_SCRIPT)
+    env = isolated_python_env(tmp_path)
+    env["PYTHONPATH"] = os.pathsep.join([str(hidden.parent), env["PYTHONPATH"]])
+
+    result = subprocess.run([sys.executable, "-S", str(script), str(folder)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.split("REPORT ", 1)[1])
+    assert report["diffusers_importable"] is False
+    assert set(report["import_check"].values()) == {"ok"}, report["import_check"]
+    assert report["answer_tokens"] == 3
+    assert "pip install diffusers" in report["image_error"]
