@@ -128,6 +128,9 @@ class MMARPreTrainedModel(PreTrainedModel):
 class MMARModel(MMARPreTrainedModel):
     """The backbone LLM, the frozen continuous image tokenizer (VAE or pixel patches) and the image embedder."""
 
+    # A full MMARForConditionalGeneration checkpoint also holds the two heads: the base model loads without them.
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^diffusion_head\."]
+
     def __init__(self, config: MMARConfig):
         super().__init__(config)
         self.language_model = AutoModel.from_config(config.text_config)

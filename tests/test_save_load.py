@@ -106,3 +106,20 @@ def test_loading_in_bf16_keeps_the_vae_in_fp32(tmp_path):
     assert {p.dtype for p in model.model.vae.parameters()} == {torch.float32}
     assert {p.dtype for p in model.model.language_model.parameters()} == {torch.bfloat16}
     assert model.diffusion_head.input_proj.weight.dtype == torch.bfloat16
+
+
+def test_the_base_model_loads_quietly_from_a_full_checkpoint(tmp_path, capfd):
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    torch.manual_seed(0)
+    full = MMARForConditionalGeneration(tiny_config())
+    full.save_pretrained(tmp_path)
+    capfd.readouterr()
+    hf_logging.set_verbosity_warning()
+    base, info = AutoModel.from_pretrained(tmp_path, output_loading_info=True)
+    captured = capfd.readouterr()
+    assert "UNEXPECTED" not in captured.out + captured.err and "LOAD REPORT" not in captured.out + captured.err
+    assert not info["missing_keys"]
+    for name, tensor in base.state_dict().items():  # every weight is the full model's backbone weight
+        torch.testing.assert_close(tensor, full.model.state_dict()[name], rtol=0, atol=0)
