@@ -108,18 +108,24 @@ def test_loading_in_bf16_keeps_the_vae_in_fp32(tmp_path):
     assert model.diffusion_head.input_proj.weight.dtype == torch.bfloat16
 
 
-def test_the_base_model_loads_quietly_from_a_full_checkpoint(tmp_path, capfd):
+def test_the_base_model_loads_quietly_from_a_full_checkpoint(tmp_path):
+    import io
+    import logging
+
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
     torch.manual_seed(0)
     full = MMARForConditionalGeneration(tiny_config())
     full.save_pretrained(tmp_path)
-    capfd.readouterr()
-    hf_logging.set_verbosity_warning()
-    base, info = AutoModel.from_pretrained(tmp_path, output_loading_info=True)
-    captured = capfd.readouterr()
-    assert "UNEXPECTED" not in captured.out + captured.err and "LOAD REPORT" not in captured.out + captured.err
+    log = io.StringIO()
+    handler = logging.StreamHandler(log)
+    hf_logging.add_handler(handler)
+    try:
+        base, info = AutoModel.from_pretrained(tmp_path, output_loading_info=True)
+    finally:
+        hf_logging.remove_handler(handler)
+    assert "UNEXPECTED" not in log.getvalue() and not info["unexpected_keys"], log.getvalue()
     assert not info["missing_keys"]
     for name, tensor in base.state_dict().items():  # every weight is the full model's backbone weight
         torch.testing.assert_close(tensor, full.model.state_dict()[name], rtol=0, atol=0)
