@@ -9,7 +9,15 @@ from modeling_mmar import MMARForConditionalGeneration
 from processors import MMARProcessor, build_tokenizer
 from training.collator import MMARDataCollator
 from training.data import digits_corpus, load_digits_dataset
-from training.qlora import FULL_PRECISION_MODULES, memory_report, probe_loss, qlora_model, quantized_module_names
+from training.qlora import (
+    FULL_PRECISION_MODULES,
+    keep_4bit_weights_trainable,
+    load_4bit,
+    memory_report,
+    probe_loss,
+    qlora_model,
+    quantized_module_names,
+)
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -55,6 +63,8 @@ def test_only_the_backbone_is_quantized(model_dir):
 
 
 def test_qlora_steps_on_cpu_lower_the_loss(model_dir):
+    """Evaluates first, then trains: on AVX512-BF16 CPUs bitsandbytes would repack the 4-bit weights for inference
+    in eval mode, after which a training step failed."""
     model = qlora_model(model_dir, r=8)
     base = model.get_base_model()
     tokenizer_processor = MMARProcessor.from_pretrained(model_dir)
@@ -72,6 +82,24 @@ def test_qlora_steps_on_cpu_lower_the_loss(model_dir):
         optimizer.step()
         optimizer.zero_grad()
     assert probe_loss(model, probe) < 0.9 * before
+    loss = model(**collator([rows[i] for i in range(16)])).loss  # and training goes on after that evaluation
+    loss.backward()
+    optimizer.step()
     # The 4-bit weights themselves never change (LoRA learns beside them).
     assert all(not p.requires_grad for n, p in model.named_parameters() if "language_model.layers" in n
                and "lora_" not in n)
+
+
+def test_weights_repacked_by_an_inference_pass_are_restored_for_training(model_dir):
+    model = load_4bit(model_dir).eval()
+    processor = MMARProcessor.from_pretrained(model_dir)
+    batch = MMARDataCollator(processor, model.config.tokens_per_image, mask_ratio_min=0.0)(
+        [load_digits_dataset()["train"][i] for i in range(4)])
+    with torch.no_grad():
+        expected = model(**batch, use_cache=False).logits  # on AVX512-BF16 CPUs this pass repacks the weights
+    layers = keep_4bit_weights_trainable(model)
+    assert layers == len(quantized_module_names(model))
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False)
+                   for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
+    with torch.no_grad():  # the restored layout computes the same thing
+        torch.testing.assert_close(model(**batch, use_cache=False).logits, expected, rtol=1e-4, atol=1e-4)

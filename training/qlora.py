@@ -54,6 +54,29 @@ def quantized_module_names(model) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, bnb.nn.Linear4bit)]
 
 
+def keep_4bit_weights_trainable(model) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights for CPU inference; returns the number of layers changed.
+
+    On CPUs with AVX512-BF16, a `Linear4bit` in eval mode repacks its weight in place into a CPU-inference layout
+    (`packing_format_for_cpu`) on its first forward; a training step afterwards then fails inside `matmul_4bit`
+    ("a view of a leaf Variable ... in-place operation"). A model that trains, and evaluates between steps, keeps
+    the trainable layout: repacking is switched off, and any weight already repacked is converted back.
+    """
+    import bitsandbytes as bnb
+    from bitsandbytes.nn.modules import _convert_weight_packed_for_cpu_inverse
+
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+            quant_state = getattr(module.weight, "quant_state", None)
+            if quant_state is not None and getattr(quant_state, "packing_format_for_cpu", False):
+                module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+                    module.weight.data, quant_state)
+            changed += 1
+    return changed
+
+
 def qlora_model(model_dir, compute_dtype: torch.dtype | None = None, gradient_checkpointing: bool = False,
                 load_kwargs: dict | None = None, **lora_kwargs):
     """4-bit backbone + `prepare_model_for_kbit_training` + MMAR's LoRA recipe (`lora_kwargs`, see training.lora)."""
@@ -67,6 +90,7 @@ def qlora_model(model_dir, compute_dtype: torch.dtype | None = None, gradient_ch
     if outside:
         raise RuntimeError(f"Modules outside the backbone were quantized: {outside}")
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    keep_4bit_weights_trainable(model)  # evaluation between training steps must not repack the weights
     return get_peft_model(model, lora_config(**lora_kwargs))
 
 
