@@ -18,8 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--suite", default="cpu-small", choices=sorted(SUITES))
     run.add_argument("--output-dir", default=None, help="default: benchmarks/results/<suite>")
     run.add_argument("--model", default=None,
-                     help="trained MMAR folder for the sampler's quality figures (default: ./mmar-demo/model if it "
-                          "exists, else a random model of the demo's geometry and no quality figures)")
+                     help="trained MMAR folder for the sampler's quality figures, e.g. mmar-demo/model (default: a "
+                          "random model of the demo's geometry, and no quality figures)")
     run.add_argument("--only", default=None, help="comma-separated sections, e.g. sampler,training")
     run.add_argument("--repeats", type=int, default=None, help="side-by-side rounds (default: the suite's)")
     run.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")

@@ -1,7 +1,8 @@
 """What the benchmarks run on: the trained demo model when it exists, else a random model of the same geometry.
 
-The demo (`mmar demo`, ./mmar-demo/model) is the only model whose images mean something, so quality (digit-FD,
-generated-digit accuracy) is measured only with it. Without it, a random model built from the demo's own run config
+A trained model (e.g. the demo's, `--model mmar-demo/model`) is the only kind whose images mean something, so
+quality (digit-FD, generated-digit accuracy) is measured only when one is named. Without it (never looked up in the
+working directory: results must not depend on what lies there), a random model built from the demo's own run config
 (training/configs/digits.yaml, same tokenizer, same sizes) gives the same speed figures; quality is then
 "not applicable". Random diffusion heads start at exactly zero (zero-initialised output layers), which makes no
 difference to speed; `randomize_head` gives them non-zero weights where a test needs non-trivial outputs.
@@ -19,9 +20,6 @@ import torch
 import modeling_mmar  # noqa: F401  (registers the Auto classes)
 import processors  # noqa: F401
 from modeling_mmar import MMARConfig, MMARForConditionalGeneration
-
-DEMO_MODEL_DIR = Path("mmar-demo") / "model"
-
 
 @dataclass
 class Subject:
@@ -66,14 +64,14 @@ def random_subject(seed: int = 0, **overrides) -> Subject:
 
 
 def load_subject(model_dir: str | Path | None = None) -> Subject:
-    """The demo model from `model_dir` (default ./mmar-demo/model) when it exists, else `random_subject()`."""
+    """The trained model saved in `model_dir`, or `random_subject()` when none is named."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    path = Path(model_dir) if model_dir is not None else DEMO_MODEL_DIR
-    if not (path / "config.json").is_file():
-        if model_dir is not None:
-            raise ValueError(f"--model {str(path)!r} holds no config.json: not a saved MMAR model")
+    if model_dir is None:
         return random_subject()
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"--model {str(path)!r} holds no config.json: not a saved MMAR model")
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(path)
     return Subject(model, processor, trained=True, source=str(path))

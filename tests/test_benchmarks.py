@@ -212,3 +212,15 @@ def test_paper_training_section_reports_the_overhead_targets(tmp_path):
     markdown = (tmp_path / "results.md").read_text()
     assert "training step memory ratio (paper-0.5b geometry)" in markdown and "MMAR / LM time per step" in markdown
     assert "training step time overhead (paper-0.5b geometry, cached image tokens)" in markdown
+
+
+def test_the_default_subject_ignores_a_demo_folder_in_the_working_directory(tmp_path, monkeypatch):
+    from benchmarks.subjects import load_subject
+
+    (tmp_path / "mmar-demo" / "model").mkdir(parents=True)
+    (tmp_path / "mmar-demo" / "model" / "config.json").write_text("{}")  # what `mmar demo` would have left
+    monkeypatch.chdir(tmp_path)
+    subject = load_subject()
+    assert subject.trained is False and "mmar-demo" not in subject.source
+    with pytest.raises(ValueError, match="holds no config.json"):
+        load_subject(tmp_path / "elsewhere")
