@@ -24,7 +24,8 @@ def model_dir(tmp_path_factory):
 def test_generate_writes_the_pipelines_image(model_dir, tmp_path, capsys):
     folder, pipe = model_dir
     out = tmp_path / "seven.png"
-    assert main(["generate", "--model", str(folder), "a handwritten seven", "--seed", "0", "-o", str(out), *FAST]) == 0
+    assert main(["generate", "--model", str(folder), "a handwritten seven", "--seed", "0", "-o", str(out),
+                 "--no-upscale", *FAST]) == 0
     assert capsys.readouterr().out.strip() == str(out)
     written = np.asarray(Image.open(out))
     pipe.set_progress_bar_config(disable=True)
@@ -52,7 +53,7 @@ def test_generate_from_a_saved_pipeline_folder(model_dir, tmp_path):
     pipe.save_pretrained(tmp_path / "pipe")
     out = tmp_path / "seven.png"
     main(["generate", "--model", str(tmp_path / "pipe"), "a handwritten seven", "-o", str(out), *FAST])
-    assert Image.open(out).size == (8, 8)
+    assert Image.open(out).size == (64, 64)  # upscaled 8x by default: an 8x8 digit a person can see
 
 
 def test_describe_answers_like_model_generate(model_dir, tmp_path, capsys, digits):
@@ -70,6 +71,7 @@ def test_describe_answers_like_model_generate(model_dir, tmp_path, capsys, digit
     assert answer == expected.strip()
 
 
-def test_a_missing_model_folder_is_reported(tmp_path):
-    with pytest.raises(SystemExit, match="not a folder"):
+def test_a_missing_model_folder_is_reported(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         main(["generate", "--model", str(tmp_path / "nope"), "a handwritten seven"])
+    assert exit_info.value.code == 2 and "does not exist" in capsys.readouterr().err

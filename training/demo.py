@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .cli import DEFAULT_TIME_BUDGET
 from .data import DIGIT_WORDS, DIGITS_QUESTION, digit_caption, digits_arrays, first_named_digit
 from .plots import plot_captioned_images, plot_digit_grid, plot_loss
 from .run_config import DEFAULT_CONFIG, load_config
@@ -45,7 +46,6 @@ EVALUATION_DEFAULTS = {
 HELDOUT_FIGURE_IMAGES = 50
 # Without --time-budget or a config time_budget, training stops cleanly after 8 minutes so that a slow machine
 # still finishes (with evaluation) in about 10.
-DEFAULT_TIME_BUDGET = 480.0
 
 
 def load_metric(name: str):
@@ -262,21 +262,6 @@ def run_demo_command(args: argparse.Namespace) -> int:
     print(f"\nWrote metrics.json, samples.png, heldout_predictions.png, loss.png and model/ to "
           f"{Path(args.output_dir).resolve()}")
     return 0
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "demo", help="train the tiny default on handwritten digits (CPU) and report what it learned",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", default="./mmar-demo", help="where the results go (default ./mmar-demo)")
-    parser.add_argument("--max-steps", type=int, default=None, help="training steps (default: the config's)")
-    parser.add_argument("--time-budget", type=float, default=None,
-                        help="stop training cleanly after this many seconds; evaluation still runs "
-                             f"(default: the config's time_budget, else {DEFAULT_TIME_BUDGET:.0f})")
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="run config YAML (default: digits.yaml)")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
-                        help="config overrides, e.g. model.head_width=256 training.max_steps=4000")
-    parser.set_defaults(func=run_demo_command)
 
 
 __all__ = ["TARGETS", "evaluate_run", "format_table", "run_demo"]

@@ -20,9 +20,10 @@ from pathlib import Path
 from huggingface_hub import HfApi, constants, get_token
 from huggingface_hub.utils import validate_repo_id
 
+from .cli import DEFAULT_MAX_SHARD_SIZE, CommandError
+
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
-DEFAULT_MAX_SHARD_SIZE = "5GB"
 
 
 class HubAccessError(RuntimeError):
@@ -191,27 +192,11 @@ def run_export_command(args: argparse.Namespace) -> int:
                                max_shard_size=args.max_shard_size, metrics=args.metrics, base_model=args.base_model,
                                overwrite=args.overwrite)
     except HubAccessError as error:
-        raise SystemExit(f"mmar export: {error}") from error
+        raise CommandError(str(error)) from error
     print(f"Exported {args.model_dir} to {out_dir}")
     if args.push_to_hub:
         print(f"Pushed to https://huggingface.co/{args.push_to_hub}")
     return 0
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("export", help="export a trained MMAR folder for the Hugging Face Hub",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model_dir", metavar="MODEL_DIR", help="saved model folder (e.g. ./mmar-demo/model)")
-    parser.add_argument("out_dir", metavar="OUT_DIR", help="where the export goes")
-    parser.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="also upload to this Hub model repo")
-    parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
-    parser.add_argument("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE,
-                        help=f"largest safetensors shard (default {DEFAULT_MAX_SHARD_SIZE})")
-    parser.add_argument("--metrics", default=None,
-                        help="metrics.json for the card (default: next to MODEL_DIR or in its parent)")
-    parser.add_argument("--base-model", default=None, help="Hub id of the backbone, for the card's base_model")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
-    parser.set_defaults(func=run_export_command)
 
 
 __all__ = ["HubAccessError", "check_hub_access", "check_model_dir", "export_model", "missing_parts", "push_folder"]

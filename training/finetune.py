@@ -31,11 +31,12 @@ import yaml
 from transformers import Trainer
 
 from .callbacks import MaskStageCallback, TimeBudgetCallback
+from .cli import DEFAULT_FINETUNE_CONFIG
 from .collator import MMARDataCollator
 from .data import load_digits_dataset
 from .train import TRAINING_DEFAULTS, MMARTrainer
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "lora-digits.yaml"
+DEFAULT_CONFIG = DEFAULT_FINETUNE_CONFIG
 DEFAULT_BASE_MODEL = "./mmar-demo/model"
 TOP_LEVEL_KEYS = ("seed", "base_model", "output_dir", "trainer", "max_steps", "caption_style", "replay", "lora",
                   "collator", "training", "evaluation", "time_budget")
@@ -369,15 +370,6 @@ def run_finetune_command(args: argparse.Namespace) -> int:
     print(format_report(metrics))
     print(f"\nWrote adapter/, merged/, metrics.json, samples.png to {Path(config['output_dir']).resolve()}")
     return 0
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("finetune", help="LoRA fine-tuning (peft + trl) of a trained MMAR model",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="fine-tuning YAML (default: lora-digits.yaml)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="overrides, e.g. base_model=DIR output_dir=DIR max_steps=200 trainer=trainer lora.r=8")
-    parser.set_defaults(func=run_finetune_command)
 
 
 __all__ = ["CAPTION_STYLES", "CaptionStyle", "build_trainer", "evaluate_style", "finetune", "format_report",

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import torch
 
-DEFAULT_QUESTION = "What digit is this?"
+from .cli import CommandError
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def load_pipeline(model_dir: str, device: str = "cpu", dtype: str = "float32", trust_remote_code: bool = False):
+def load_pipeline(model_dir: str, device: str | None = None, dtype: str = "float32", trust_remote_code: bool = False):
     """An MMARPipeline from a pipeline folder or from a model + processor folder."""
     import processors  # noqa: F401  (registers the Auto classes)
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -29,20 +30,22 @@ def load_pipeline(model_dir: str, device: str = "cpu", dtype: str = "float32", t
 
     folder = Path(model_dir)
     if not folder.is_dir():
-        raise SystemExit(f"--model {model_dir!r} is not a folder holding a saved MMAR model")
+        raise CommandError(f"--model {model_dir!r} is not a folder holding a saved MMAR model")
     if (folder / "model_index.json").is_file():
         pipe = MMARPipeline.from_pretrained(folder, dtype=DTYPES[dtype])
     else:
         model = AutoModelForImageTextToText.from_pretrained(folder, dtype=DTYPES[dtype],
                                                             trust_remote_code=trust_remote_code)
         if not isinstance(model, modeling_mmar.MMARForConditionalGeneration) and not trust_remote_code:
-            raise SystemExit(f"{model_dir} does not hold an MMAR model (got {type(model).__name__})")
+            raise CommandError(f"--model {model_dir} does not hold an MMAR model (got {type(model).__name__})")
         processor = AutoProcessor.from_pretrained(folder, trust_remote_code=trust_remote_code)
         scheduler_dir = folder / "scheduler"
         scheduler = (MMARScheduler.from_pretrained(scheduler_dir) if scheduler_dir.is_dir()
                      else MMARScheduler.from_model_config(model.config))
         pipe = MMARPipeline(model=model, processor=processor, scheduler=scheduler)
     pipe.model.eval()
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     return pipe.to(device)
 
 
@@ -93,7 +96,7 @@ def run_describe(args: argparse.Namespace) -> int:
     images = []
     for path in args.image:
         if not os.path.isfile(path):
-            raise SystemExit(f"image {path!r} does not exist")
+            raise CommandError(f"image {path!r} does not exist")
         with Image.open(path) as image:
             images.append(image.copy())
     prompts = [f"{processor.image_token}{args.question}"] * len(images)
@@ -105,41 +108,3 @@ def run_describe(args: argparse.Namespace) -> int:
     for path, answer in zip(args.image, answers):
         print(f"{path}: {answer.strip()}" if len(images) > 1 else answer.strip())
     return 0
-
-
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="folder of a saved MMAR model + processor (or pipeline)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="load the model code saved in the folder instead of the installed modeling_mmar")
-
-
-def register(subparsers) -> None:
-    generate = subparsers.add_parser("generate", help="generate images from captions (text -> image)",
-                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_model_arguments(generate)
-    generate.add_argument("prompt", nargs="+", help='caption(s), e.g. "a handwritten seven"')
-    generate.add_argument("-o", "--output", default="image.png",
-                          help="output PNG; several images are written as NAME-0.png, NAME-1.png, ...")
-    generate.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
-    generate.add_argument("--num-images", type=int, default=1, help="images per caption")
-    generate.add_argument("--negative-prompt", default=None)
-    generate.add_argument("--num-iter", type=int, default=None, help="masked-AR steps (default min(64, tokens))")
-    generate.add_argument("--num-inference-steps", type=int, default=None, help="diffusion steps per token")
-    generate.add_argument("--guidance-scale", type=float, default=3.0)
-    generate.add_argument("--guidance-schedule", choices=("linear", "constant"), default="linear")
-    generate.add_argument("--temperature", type=float, default=1.0)
-    generate.add_argument("--scheduler", choices=("mmar", "ddim"), default="mmar",
-                          help="diffusion sampler of the head: the model's DDPM (mmar) or DDIM")
-    generate.add_argument("--upscale", type=int, default=1, help="enlarge the saved images N times (nearest)")
-    generate.add_argument("--quiet", action="store_true", help="no progress bar")
-    generate.set_defaults(func=run_generate)
-
-    describe = subparsers.add_parser("describe", help="answer a question about image(s) (image -> text)",
-                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_model_arguments(describe)
-    describe.add_argument("image", nargs="+", help="image file(s)")
-    describe.add_argument("--question", default=DEFAULT_QUESTION)
-    describe.add_argument("--max-new-tokens", type=int, default=16)
-    describe.set_defaults(func=run_describe)

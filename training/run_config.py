@@ -20,8 +20,8 @@ from pathlib import Path
 
 import yaml
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-DEFAULT_CONFIG = CONFIG_DIR / "digits.yaml"
+from .cli import CONFIG_DIR  # the command line's defaults are the library's
+from .cli import DEFAULT_RUN_CONFIG as DEFAULT_CONFIG
 
 DATA_KEYS = {
     "dataset": "'digits' (embedded) or an imagefolder directory / datasets name or path",

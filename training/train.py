@@ -27,7 +27,7 @@ from .collator import MMARDataCollator
 from .data import digits_corpus, load_digits_dataset, load_image_text_dataset
 from .image_token_cache import add_image_tokens
 from .plots import plot_loss
-from .run_config import DEFAULT_CONFIG, load_config
+from .run_config import load_config
 
 LOSS_PARTS = ("text_loss", "image_loss")
 # TrainingArguments defaults of a run unless the config sets them.
@@ -274,13 +274,6 @@ def train(config: dict, output_dir: str | None = None, resume_from_checkpoint: s
 
 
 # ------------------------------------------------------------------------------------------------ command line
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG),
-                        help="run config YAML (default: the embedded digits config)")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
-                        help="config overrides, e.g. training.max_steps=200 model.head_width=128")
-
-
 def run_train_command(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     run = train(config, output_dir=args.output_dir)
@@ -289,20 +282,10 @@ def run_train_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("train", help="train MMAR with transformers' Trainer from a YAML run config",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(parser)
-    parser.add_argument("--output-dir", default=None, help="overrides training.output_dir")
-    parser.set_defaults(func=run_train_command)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.train")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    register(subparsers)
-    args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
+    from .cli import main as mmar
+
+    return mmar(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":  # accelerate launch -m training.train --config ...
