@@ -10,6 +10,7 @@ from transformers.masking_utils import create_masks_for_generate as _create_mask
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .image_tokens_mmar import image_block_ids
+from .input_checks_mmar import check_attention_mask, check_fits_positions, check_token_ids, embedding_rows
 
 GENERATION_MODES = ("text", "image")
 
@@ -58,6 +59,8 @@ class MMARGenerationMixin(GenerationMixin):
                 "the processor adds (processor(text=...))"
             )
         if generation_mode == "text":
+            if isinstance(prompt, torch.Tensor):
+                self._check_text_generation_fits(prompt, generation_config, kwargs)
             self._suppress_image_special_tokens(generation_config, kwargs)
             return super().generate(inputs, generation_config, *args, **kwargs)
 
@@ -82,6 +85,19 @@ class MMARGenerationMixin(GenerationMixin):
                 f"generation_mode='image' does not take {unknown} (see MMARForConditionalGeneration.generate)"
             )
         return generate_images(self, input_ids, **kwargs)
+
+    def _check_text_generation_fits(self, prompt, generation_config, kwargs) -> None:
+        # Refused up front: past max_position_embeddings RoPE backbones extrapolate silently, learned ones crash.
+        check_token_ids("input_ids", prompt, embedding_rows(self.get_input_embeddings()))
+        check_attention_mask(kwargs.get("attention_mask"), *prompt.shape)
+        config = generation_config or self.generation_config
+        max_new_tokens = kwargs.get("max_new_tokens", config.max_new_tokens)
+        if max_new_tokens is not None:
+            total = prompt.shape[-1] + max_new_tokens
+        else:
+            total = max(kwargs.get("max_length", config.max_length) or 0, prompt.shape[-1] + 1)
+        check_fits_positions(total, getattr(self.config.get_text_config(), "max_position_embeddings", None),
+                             f"text generation ({prompt.shape[-1]} prompt tokens + max_new_tokens)")
 
     def _suppress_image_special_tokens(self, generation_config, kwargs) -> None:
         # Images are not produced token by token: a text-mode `<img>` would open a span of the wrong length.

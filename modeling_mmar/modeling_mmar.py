@@ -1,5 +1,6 @@
 """MMAR: one decoder-only LLM over text and continuous image tokens, with a per-token MLP diffusion head."""
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,13 @@ from .configuration_mmar import MMARConfig
 from .diffusion_head_mmar import MMARDiffusionHead
 from .embedder_mmar import MMARImageEmbedder
 from .generation_mmar import MMARGenerationMixin
+from .input_checks_mmar import (
+    check_labels,
+    check_sequence,
+    embedding_rows,
+    resolve_pretrained_path,
+    shareable_permissions,
+)
 from .image_tokens_mmar import (
     check_image_mask,
     check_image_spans,
@@ -103,15 +111,23 @@ class MMARPreTrainedModel(PreTrainedModel):
     accepts_loss_kwargs = False
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        pretrained_model_name_or_path = resolve_pretrained_path(pretrained_model_name_or_path, "model")
         # Loading replaces every parameter by a fresh `nn.Parameter(requires_grad=True)`: re-freeze the VAE so that
         # optimizers, PEFT and parameter counts see it as the frozen tokenizer it is.
-        loaded = super().from_pretrained(*args, **kwargs)
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True
         for module in model.modules():
             if isinstance(module, MMARModel):
                 module.freeze_image_tokenizer()
         return loaded
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        for name in os.listdir(save_directory):  # the weights come from temporary files (0600): readable as saved
+            if name.endswith(".safetensors"):
+                shareable_permissions(os.path.join(save_directory, name))
+        return result
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -254,6 +270,9 @@ class MMARModel(MMARPreTrainedModel):
         if pixel_values is not None and image_tokens is not None:
             raise ValueError("Pass images either as pixel_values or as image_tokens, not both")
         has_images = pixel_values is not None or image_tokens is not None
+        check_sequence(input_ids, inputs_embeds, attention_mask, position_ids, cache,
+                       embedding_rows(self.get_input_embeddings()),
+                       getattr(cfg.get_text_config(), "max_position_embeddings", None))
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
         elif has_images:
@@ -427,6 +446,8 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
         logits = self.lm_head(hidden_states[:, slice_indices, :])
 
         text_loss = None
+        if labels is not None and input_ids is not None:
+            check_labels(labels, *input_ids.shape, logits.shape[-1])
         if labels is not None and logits.shape[1] != labels.shape[1]:
             raise ValueError(
                 f"labels cover {labels.shape[1]} positions but logits_to_keep={logits_to_keep} kept "

@@ -10,6 +10,7 @@ except ImportError as error:  # pragma: no cover
     raise ImportError("MMARPipeline needs diffusers: pip install diffusers") from error
 from transformers import ProcessorMixin
 
+from .input_checks_mmar import check_bool, check_int, resolve_pretrained_path
 from .modeling_mmar import MMARForConditionalGeneration
 from .sampling_mmar import DEFAULT_NUM_ITER
 
@@ -49,11 +50,16 @@ class MMARPipeline(DiffusionPipeline):
         device = self._execution_device
         return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        # diffusers takes str only; a folder that does not exist is named here, not as a malformed repo id.
+        return super().from_pretrained(resolve_pretrained_path(pretrained_model_name_or_path, "pipeline"), **kwargs)
+
     @staticmethod
     def _as_list(prompt, name: str) -> list[str]:
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else None
         if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise ValueError(f"{name} must be a string or a non-empty list of strings")
+            raise ValueError(f"{name} must be a string or a non-empty list of strings, got {prompt!r:.80}")
         return prompts
 
     @torch.no_grad()
@@ -88,8 +94,8 @@ class MMARPipeline(DiffusionPipeline):
             use_cache: reuse the prompts' KV cache at every masked-AR step.
         """
         prompts = self._as_list(prompt, "prompt")
-        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt}")
+        check_int("num_images_per_prompt", num_images_per_prompt, 1)
+        check_bool("return_dict", return_dict)
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         inputs = self._tokenize(prompts)
         if negative_prompt is not None:

@@ -19,6 +19,17 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
+from .input_checks_mmar import (
+    check_bool,
+    check_callable,
+    check_choice,
+    check_fits_positions,
+    check_float,
+    check_generator,
+    check_int,
+    check_token_ids,
+    embedding_rows,
+)
 from .scheduling_mmar import MMARScheduler  # raises the ImportError that says to install diffusers
 
 try:  # guarded so that transformers' remote-code import check does not demand diffusers for text-only use
@@ -238,29 +249,32 @@ def generate_images(
     num_tokens = cfg.tokens_per_image
     if input_ids is None:
         raise ValueError("image generation needs input_ids: the tokenized prompts `<bos>caption<boi>`")
+    check_token_ids("input_ids", input_ids, embedding_rows(model.get_input_embeddings()))
+    if negative_prompt_ids is not None:
+        check_token_ids("negative_prompt_ids", negative_prompt_ids, embedding_rows(model.get_input_embeddings()))
     num_iter = min(DEFAULT_NUM_ITER, num_tokens) if num_iter is None else num_iter
-    if not isinstance(num_iter, int) or not 1 <= num_iter <= num_tokens:
-        raise ValueError(f"num_iter must be an integer in [1, tokens_per_image={num_tokens}], got {num_iter}")
-    if guidance_scale < 0:
-        raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
-    if guidance_schedule not in GUIDANCE_SCHEDULES:
-        raise ValueError(f"guidance_schedule must be one of {GUIDANCE_SCHEDULES}, got {guidance_schedule!r}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if output_type not in OUTPUT_TYPES:
-        raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+    check_int("num_iter", num_iter, 1, num_tokens)
+    check_float("guidance_scale", guidance_scale, low=0.0)
+    check_choice("guidance_schedule", guidance_schedule, GUIDANCE_SCHEDULES)
+    check_float("temperature", temperature, low=0.0)
+    check_choice("output_type", output_type, OUTPUT_TYPES)
+    check_bool("use_cache", use_cache)
+    check_bool("show_progress", show_progress)
+    check_callable("callback_on_step_end", callback_on_step_end)
+    check_generator(generator, input_ids.shape[0])
     scheduler = MMARScheduler.from_model_config(cfg) if scheduler is None else scheduler
     check_scheduler(scheduler, cfg)
     if num_inference_steps is None:
         num_inference_steps = getattr(scheduler, "config", {}).get("default_num_inference_steps", 100)
-    if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-        raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps}")
+    check_int("num_inference_steps", num_inference_steps, 1)
 
     batch_size, device = input_ids.shape[0], model.device
     with_uncond = guidance_scale != 1.0  # s = 1 is plain conditional sampling: no unconditional rows at all
     prefix_ids, prefix_mask = build_prompt_rows(
         input_ids, attention_mask, negative_prompt_ids, negative_prompt_attention_mask, cfg, with_uncond
     )
+    check_fits_positions(prefix_mask.sum(-1).max().item() + num_tokens,
+                         getattr(cfg.get_text_config(), "max_position_embeddings", None), "the prompt plus its image span")
     randomness = PerImageRandomness(generator, batch_size, device)
     orders = randomness.permutations(num_tokens)  # first draw of each image's stream
     rows = 2 * batch_size if with_uncond else batch_size

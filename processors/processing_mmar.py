@@ -7,9 +7,13 @@ Sequence conventions (shared with the training collator and the image sampler):
 - understanding: `<bos><image>What digit is this? seven<eos>`; generation: `<bos>a handwritten seven<image><eos>`.
 - `generation_mode="image"` builds image-generation prompts `<bos>caption<boi>`, left-padded (the sampler appends
   the image span); the unconditional prompt of classifier-free guidance is the empty caption, `<bos><boi>`.
+- Batches are padded on the left by default (`padding_side="right"` per call, or on the tokenizer, to change it),
+  so that batched text generation equals generating each prompt alone; the training collator pads right.
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 from transformers import BatchFeature, ProcessorMixin
@@ -112,6 +116,15 @@ class MMARProcessor(ProcessorMixin):
             **kwargs,
         )
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        path = os.fspath(pretrained_model_name_or_path) if isinstance(
+            pretrained_model_name_or_path, os.PathLike) else pretrained_model_name_or_path
+        if isinstance(path, str) and not os.path.isdir(path) and (
+                os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1):
+            raise FileNotFoundError(f"processor folder {path!r} does not exist")  # not a Hub repo id either
+        return super().from_pretrained(path, **kwargs)
+
     @staticmethod
     def _special_token_id(tokenizer, token: str) -> int:
         if token not in tokenizer.get_vocab() or token not in tokenizer.all_special_tokens:
@@ -137,6 +150,9 @@ class MMARProcessor(ProcessorMixin):
         image_processor = MMARImageProcessor(
             image_size=config.image_size, num_channels=config.num_channels, **image_processor_kwargs
         )
+        # Batched generation needs every prompt to end at the same position: pad on the left, as transformers' VLM
+        # processors do (the training collator asks for right padding itself).
+        tokenizer.padding_side = "left"
         processor = cls(
             image_processor, tokenizer, chat_template=chat_template, num_image_tokens=config.tokens_per_image
         )

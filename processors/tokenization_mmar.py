@@ -64,7 +64,7 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int | None = None) -> Pre
         unk_token=UNK_TOKEN,
         extra_special_tokens=dict(IMAGE_SPECIAL_TOKENS),
         model_input_names=["input_ids", "attention_mask"],
-        padding_side="right",
+        padding_side="left",  # batched generation; the training collator pads right itself
     )
     expected = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
     actual = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}

@@ -65,8 +65,9 @@ def test_demo_prints_a_table(tmp_path, capsys):
     metrics = {"caption_accuracy": 0.97, "generated_digit_accuracy": 0.9, "digit_fd": 2.0,
                "digit_fd_floor_train_vs_heldout": 1.6, "digit_fd_floor_all_train_vs_heldout": 0.3,
                "digit_fd_ceiling_noise": 36.0, "judge_heldout_accuracy": 0.99, "num_generated_images": 100,
-               "train_steps": 10, "train_seconds": 5.0, "total_seconds": 9.0}
+               "train_steps": 10, "planned_steps": 10, "train_seconds": 5.0, "total_seconds": 9.0}
     table = demo.format_table(metrics)
+    assert "all 10 planned steps" in table
     assert "97.0%" in table and "36.00" in table and ">= 95%" in table and "100 noise images" in table
 
 
@@ -96,7 +97,7 @@ def test_demo_refuses_to_replace_a_folder_it_did_not_write(tmp_path):
     precious = tmp_path / "results"
     precious.mkdir()
     (precious / "thesis.txt").write_text("keep me")
-    with pytest.raises(ValueError, match="not empty and does not hold a previous demo"):
+    with pytest.raises(ValueError, match="not empty and is not a previous `mmar demo` output"):
         demo.run_demo(str(precious), TINY, max_steps=1)
     assert (precious / "thesis.txt").read_text() == "keep me"
     assert leftovers(tmp_path) == []
@@ -110,3 +111,32 @@ def test_demo_rejects_bad_options(tmp_path):
     with pytest.raises(ValueError, match="data.dataset must be 'digits'"):
         demo.run_demo(str(tmp_path / "out"), TINY, overrides=["data.dataset=some/other"])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_refuses_an_exported_copy_of_a_demo(demo_output, tmp_path):
+    """An export carries the demo's metrics.json, but it is a published model, not a demo's scratch folder."""
+    import shutil
+
+    exported = tmp_path / "exported"
+    exported.mkdir()
+    shutil.copyfile(demo_output / "metrics.json", exported / "metrics.json")
+    (exported / "README.md").write_text("model card")
+    with pytest.raises(ValueError, match="is not a previous `mmar demo` output"):
+        demo.run_demo(str(exported), TINY, max_steps=1)
+    assert sorted(p.name for p in exported.iterdir()) == ["README.md", "metrics.json"]
+
+
+def test_demo_output_is_readable_by_others(demo_output):
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    assert demo_output.stat().st_mode & 0o777 == 0o777 & ~mask  # not mkdtemp's 0700
+    assert (demo_output / "model" / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_a_time_budget_stop_is_said_with_the_steps_trained(tmp_path, capsys):
+    metrics = demo.run_demo(str(tmp_path / "budget"), TINY, time_budget=0.001)
+    assert metrics["stopped_by_time_budget"] and metrics["train_steps"] == 1 and metrics["planned_steps"] > 1
+    assert f"trained 1 of {metrics['planned_steps']} planned steps" in capsys.readouterr().out
+    assert "STOPPED BY THE TIME BUDGET" in demo.format_table(metrics)

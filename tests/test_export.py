@@ -126,3 +126,32 @@ def test_push_uploads_the_exported_folder(model_dir, tmp_path, monkeypatch):
     assert calls[0] == ("create", "someone/mmar", {"repo_type": "model", "private": True, "exist_ok": True})
     assert calls[1][0] == "upload" and calls[1][2] == sorted(os.listdir(out))
     assert '"someone/mmar"' in (out / "README.md").read_text()  # the card's snippets load the Hub repo
+
+
+def test_a_sigterm_while_exporting_leaves_no_partial_folder(model_dir, tmp_path, monkeypatch):
+    """`kill` (SIGTERM) in the middle of writing: the command exits 143 and the hidden partial folder is gone."""
+    import signal
+
+    def write_then_get_killed(model, processor, scheduler, folder, max_shard_size):
+        model.save_pretrained(str(folder))
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered here, as from another process
+        raise AssertionError("the SIGTERM should have stopped the export")
+
+    monkeypatch.setattr(export, "write_export", write_then_get_killed)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            mmar(["export", str(model_dir), str(tmp_path / "out")])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert os.listdir(tmp_path) == []  # neither out/ nor .out.partial-*
+
+
+def test_exported_folder_is_readable_by_others(model_dir, tmp_path):
+    out = tmp_path / "shared"
+    assert mmar(["export", str(model_dir), str(out)]) == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~mask
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~mask

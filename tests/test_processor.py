@@ -78,8 +78,8 @@ def test_model_forward_accepts_processor_output(processor, digits):
 
 def test_padding_sides(processor, digits):
     texts = [f"<image>{QUESTION}", "<image>"]
-    right = processor(images=digit_images(digits, 2), text=texts)
-    left = processor(images=digit_images(digits, 2), text=texts, padding_side="left")
+    left = processor(images=digit_images(digits, 2), text=texts)  # the default: ready for batched generation
+    right = processor(images=digit_images(digits, 2), text=texts, padding_side="right")
     assert right["attention_mask"][1].tolist()[-1] == 0 and left["attention_mask"][1].tolist()[0] == 0
     for batch in (right, left):
         real = batch["input_ids"][1][batch["attention_mask"][1].bool()].tolist()

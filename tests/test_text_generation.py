@@ -188,7 +188,8 @@ def test_peft_model_generates_text_like_the_base_model(model, images):
 
 
 def test_processor_batch_generates_like_each_prompt_alone(model, digits):
-    """The user-facing path: `model.generate(**processor(images=..., text="<image>question"))`, left-padded."""
+    """The user-facing path: `model.generate(**processor(images=..., text=[...]))` with the processor's defaults,
+    which pad on the left; the same batch padded on the right is the silently different answer it avoids."""
     from PIL import Image
 
     from processors import MMARProcessor, build_tokenizer
@@ -196,11 +197,11 @@ def test_processor_batch_generates_like_each_prompt_alone(model, digits):
     processor = MMARProcessor.from_model_config(model.config, build_tokenizer(["What digit is this? a seven"]))
     images = [Image.fromarray((digits[0][i] * 255 / 16).astype(np.uint8), mode="L") for i in range(2)]
     texts = ["<image>What digit is this?", "<image>digit?"]
-    batch = processor(images=images, text=texts, padding=True, padding_side="left", return_tensors="pt")
-    assert (batch["attention_mask"] == 0).any()
+    batch = processor(images=images, text=texts)
+    assert batch["attention_mask"][1, 0] == 0, "the shorter prompt is padded on the left"
     together = model.generate(**batch, max_new_tokens=4, do_sample=False)[:, batch["input_ids"].shape[1]:]
     for i in range(2):
-        alone = processor(images=images[i:i + 1], text=texts[i:i + 1], return_tensors="pt")
+        alone = processor(images=images[i:i + 1], text=texts[i:i + 1])
         answer = model.generate(**alone, max_new_tokens=4, do_sample=False)[:, alone["input_ids"].shape[1]:]
         assert together[i].tolist() == answer[0].tolist()
 

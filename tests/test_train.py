@@ -174,7 +174,54 @@ def test_mmar_train_command_with_a_time_budget(tmp_path, capsys):
     logs = train_logs(json.loads((out / "log_history.json").read_text()))
     assert [e["step"] for e in logs] == [1]  # stopped cleanly after the first step, and saved
     assert (out / "model.safetensors").is_file()
-    assert f"Saved model, processor and scheduler to {out}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Training stopped by the time budget (0.001 s): trained 1 of 6 planned steps." in printed
+    assert f"Saved model, processor and scheduler to {out}" in printed
+
+
+def test_saved_model_folder_holds_no_pickles_and_is_readable_by_others(tiny_run):
+    _, out = tiny_run
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert not [p.name for p in files if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
+    assert json.loads((out / "training_args.json").read_text())["max_steps"] == 6
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~current_umask()
+    assert out.stat().st_mode & 0o777 == 0o777 & ~current_umask()
+
+
+def current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_a_short_run_still_draws_its_loss_curve(tmp_path):
+    from training.train import build_training_arguments
+
+    args = build_training_arguments({"max_steps": 20, "logging_steps": 50}, output_dir=str(tmp_path))
+    assert args.logging_steps == 1  # 20 points instead of none
+    assert build_training_arguments({"max_steps": 1000, "logging_steps": 50}, str(tmp_path)).logging_steps == 50
+
+
+def test_resume_picks_the_newest_complete_checkpoint(tmp_path, capsys):
+    overrides = ["training.eval_strategy=no", "training.save_strategy=steps", "training.save_steps=2"]
+    out = tmp_path / "run"
+    straight = train(tiny(*overrides), output_dir=str(out))
+    (out / "checkpoint-6" / "trainer_state.json").unlink()  # killed while saving its last checkpoint
+    with pytest.raises(ValueError, match="checkpoint-6.* is incomplete"):
+        train(tiny(*overrides), output_dir=str(out), resume_from_checkpoint=str(out / "checkpoint-6"))
+    capsys.readouterr()
+    resumed = train(tiny(*overrides), output_dir=str(out), resume_from_checkpoint=True)
+    printed = capsys.readouterr().out
+    assert "Skipping incomplete checkpoint-6" in printed and f"Resuming from {out / 'checkpoint-4'}" in printed
+    expected = {e["step"]: e["loss"] for e in train_logs(straight.trainer.state.log_history)}
+    got = {e["step"]: e["loss"] for e in train_logs(resumed.trainer.state.log_history)}
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_resume_without_any_complete_checkpoint_says_so(tmp_path):
+    (tmp_path / "checkpoint-2").mkdir()
+    with pytest.raises(ValueError, match="holds no complete checkpoint .*checkpoint-2"):
+        train(tiny("training.eval_strategy=no"), output_dir=str(tmp_path), resume_from_checkpoint=True)
 
 
 def _write_split(folder, digits, indices):

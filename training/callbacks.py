@@ -66,5 +66,13 @@ class TimeBudgetCallback(TrainerCallback):
             control.should_training_stop = True
         return control
 
+    def summary(self, state) -> str:
+        """One line for the user: the steps trained of the steps planned, and whether the budget cut it short."""
+        planned = state.max_steps
+        if self.stopped_at_step is None:
+            return f"Trained {state.global_step} of {planned} planned steps."
+        return (f"Training stopped by the time budget ({self.seconds:g} s): trained {self.stopped_at_step} of "
+                f"{planned} planned steps.")
+
 
 __all__ = ["MaskStageCallback", "TimeBudgetCallback"]

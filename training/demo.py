@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from modeling_mmar.input_checks_mmar import shareable_permissions
+
 from .cli import DEFAULT_TIME_BUDGET
 from .data import DIGIT_WORDS, DIGITS_QUESTION, digit_caption, digits_arrays, first_named_digit
 from .plots import plot_captioned_images, plot_digit_grid, plot_loss
@@ -32,7 +34,9 @@ from .train import build_run, save_trained
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
 TARGETS = {"caption_accuracy": 0.95, "generated_digit_accuracy": 0.90}
-DEMO_MARKER = "mmar_demo"  # key in metrics.json: a folder holding it may be replaced by the next demo
+DEMO_MARKER = "mmar_demo"  # key in metrics.json: what the run was (config, overrides)
+# A demo's own output folder holds this file (never copied by export): only such a folder may be replaced.
+DEMO_OUTPUT_MARKER = ".mmar-demo-output"
 EVALUATION_DEFAULTS = {
     "seeds_per_digit": 10,
     "num_iter": 16,
@@ -136,15 +140,9 @@ def check_output_dir(output: Path) -> None:
     """Refuse to replace a folder that is not empty and not a previous demo's output."""
     if output.exists() and not output.is_dir():
         raise ValueError(f"--output-dir {str(output)!r} exists and is not a folder")
-    if output.is_dir() and any(output.iterdir()):
-        metrics = output / "metrics.json"
-        try:
-            is_demo = DEMO_MARKER in json.loads(metrics.read_text())
-        except (OSError, ValueError):
-            is_demo = False
-        if not is_demo:
-            raise ValueError(f"--output-dir {str(output)!r} is not empty and does not hold a previous demo's output; "
-                             "choose another folder (it is replaced only when it holds an older mmar demo)")
+    if output.is_dir() and any(output.iterdir()) and not (output / DEMO_OUTPUT_MARKER).is_file():
+        raise ValueError(f"--output-dir {str(output)!r} is not empty and is not a previous `mmar demo` output (no "
+                         f"{DEMO_OUTPUT_MARKER} file); choose another folder (only an older demo's is replaced)")
 
 
 def move_into_place(partial: Path, output: Path) -> None:
@@ -170,7 +168,9 @@ def format_table(metrics: dict) -> str:
         ("digit-FD floor: all real train digits", f"{metrics['digit_fd_floor_all_train_vs_heldout']:.2f}", ""),
         (f"digit-FD ceiling: {count} noise images", f"{metrics['digit_fd_ceiling_noise']:.2f}", ""),
         ("judge accuracy on real held-out digits", f"{metrics['judge_heldout_accuracy']:.1%}", ""),
-        ("training steps / seconds", f"{metrics['train_steps']} / {metrics['train_seconds']:.0f}", ""),
+        ("training steps / seconds", f"{metrics['train_steps']} / {metrics['train_seconds']:.0f}",
+         f"of {metrics['planned_steps']} planned: STOPPED BY THE TIME BUDGET" if metrics.get("stopped_by_time_budget")
+         else f"all {metrics.get('planned_steps', metrics['train_steps'])} planned steps"),
         ("total wall time", f"{metrics['total_seconds']:.0f} s", "<= 600 s on 2 CPU cores"),
     ]
     width = max(len(r[0]) for r in rows)
@@ -209,6 +209,7 @@ def run_demo(output_dir: str = "./mmar-demo", config_path: str | Path = DEFAULT_
         train_start = time.monotonic()
         run.trainer.train()
         train_seconds = time.monotonic() - train_start
+        print(run.time_budget.summary(run.trainer.state))
         save_trained(run, partial / "model")
         shutil.rmtree(partial / "trainer", ignore_errors=True)
 
@@ -216,6 +217,7 @@ def run_demo(output_dir: str = "./mmar-demo", config_path: str | Path = DEFAULT_
         metrics.update(
             train_steps=run.trainer.state.global_step,
             train_seconds=train_seconds,
+            planned_steps=run.trainer.state.max_steps,
             stopped_by_time_budget=run.time_budget.stopped_at_step is not None,
             total_seconds=time.monotonic() - start,
             torch_threads=torch.get_num_threads(),
@@ -227,6 +229,8 @@ def run_demo(output_dir: str = "./mmar-demo", config_path: str | Path = DEFAULT_
         write_artefacts(partial, run, metrics, artefacts, evaluation)
         metrics["total_seconds"] = time.monotonic() - start
         (partial / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (partial / DEMO_OUTPUT_MARKER).write_text("written by `mmar demo`; the next demo may replace this folder\n")
+        shareable_permissions(partial)  # mkdtemp made it 0700
         move_into_place(partial, output)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)  # never leave a complete-looking folder behind

@@ -20,6 +20,8 @@ from pathlib import Path
 from huggingface_hub import HfApi, constants, get_token
 from huggingface_hub.utils import validate_repo_id
 
+from modeling_mmar.input_checks_mmar import shareable_permissions
+
 from .cli import DEFAULT_MAX_SHARD_SIZE, CommandError
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
@@ -167,6 +169,7 @@ def export_model(
                           model_id=repo_id or str(out_dir))
         if out_dir.exists():
             shutil.rmtree(out_dir) if out_dir.is_dir() else out_dir.unlink()
+        shareable_permissions(partial)  # mkdtemp made it 0700
         partial.rename(out_dir)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)

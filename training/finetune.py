@@ -34,6 +34,7 @@ from .callbacks import MaskStageCallback, TimeBudgetCallback
 from .cli import DEFAULT_FINETUNE_CONFIG
 from .collator import MMARDataCollator
 from .data import load_digits_dataset
+from .threads import CpuThreadsCallback
 from .train import TRAINING_DEFAULTS, MMARTrainer
 
 DEFAULT_CONFIG = DEFAULT_FINETUNE_CONFIG
@@ -307,10 +308,11 @@ def finetune(config: dict) -> dict:
     output.mkdir(parents=True)
     trainer = build_trainer(config.get("trainer", "sft"), peft_model, processor, splits["train"], collator,
                             config.get("training"), str(output / "trainer"), config["max_steps"], seed,
-                            callbacks=[MaskStageCallback(collator), time_budget])
+                            callbacks=[MaskStageCallback(collator), time_budget, CpuThreadsCallback()])
     train_start = time.monotonic()
     trainer.train()
     train_seconds = time.monotonic() - train_start
+    print(time_budget.summary(trainer.state))
 
     save_adapter(peft_model, processor, base_dir, output / "adapter", base_vocab_size)
     merge_adapter(base_dir, output / "adapter", output / "merged")

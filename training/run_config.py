@@ -133,6 +133,34 @@ def _allowed_training_keys() -> set[str]:
     return {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
 
 
+def _dataclass_defaults(cls) -> dict[str, tuple[object, str]]:
+    return {f.name: (f.default, str(f.type)) for f in dataclasses.fields(cls) if f.init}
+
+
+def _signature_defaults(function) -> dict[str, tuple[object, str]]:
+    return {name: (p.default, str(p.annotation)) for name, p in inspect.signature(function).parameters.items()}
+
+
+def _check_value_types(section: str, values, defaults: dict[str, tuple[object, str]]) -> None:
+    """A value must have the kind of its key's default (bool / int / number), so that a typo such as
+    `training.learning_rate=fast` is named here instead of failing inside torch.optim."""
+    for key, value in (values or {}).items():
+        default, annotation = defaults.get(key, (None, ""))
+        if value is None or default is None:
+            continue
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif isinstance(default, int) and "float" not in annotation:
+            ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif isinstance(default, (int, float)):
+            ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"{section}.{key} must be {kind} (default {default!r}), got {type(value).__name__} "
+                             f"{value!r}")
+
+
 def _check_keys(section: str, values, allowed, hint: str = "") -> None:
     if values is None:
         return
@@ -156,6 +184,15 @@ def validate_config(config: dict, source: str = "config") -> None:
     _check_keys("training", config.get("training"), _allowed_training_keys(),
                 "the fields of transformers.TrainingArguments")
     _check_keys("evaluation", config.get("evaluation"), EVALUATION_KEYS)
+    from transformers import TrainingArguments
+
+    from modeling_mmar import MMARConfig
+
+    from .collator import MMARDataCollator
+
+    _check_value_types("training", config.get("training"), _dataclass_defaults(TrainingArguments))
+    _check_value_types("model", config.get("model"), _dataclass_defaults(MMARConfig))
+    _check_value_types("collator", config.get("collator"), _signature_defaults(MMARDataCollator.__init__))
     budget = config.get("time_budget")
     if budget is not None and (not isinstance(budget, (int, float)) or budget <= 0):
         raise ValueError(f"time_budget must be a positive number of seconds or null, got {budget!r}")

@@ -28,8 +28,10 @@ from .data import digits_corpus, load_digits_dataset, load_image_text_dataset
 from .image_token_cache import add_image_tokens
 from .plots import plot_loss
 from .run_config import load_config
+from .threads import CpuThreadsCallback
 
 LOSS_PARTS = ("text_loss", "image_loss")
+MIN_LOSS_POINTS = 5  # a loss.png needs at least this many logged steps
 # TrainingArguments defaults of a run unless the config sets them.
 TRAINING_DEFAULTS = {
     "remove_unused_columns": False,  # rows hold raw images and text: the collator does all processing
@@ -191,6 +193,13 @@ def build_training_arguments(training_config: dict, output_dir: str | None = Non
     if kwargs.get("remove_unused_columns"):
         raise ValueError("training.remove_unused_columns must be false: the collator needs the raw image and text")
     kwargs.pop("resume_from_checkpoint", None)  # an argument of Trainer.train, handled by train()
+    max_steps, logging_steps = kwargs.get("max_steps", -1), kwargs.get("logging_steps", 500)
+    if isinstance(max_steps, int) and max_steps > 0 and isinstance(logging_steps, int) and \
+            max_steps < MIN_LOSS_POINTS * logging_steps and logging_steps > 1:
+        # A short run (e.g. training.max_steps=20 with the config's logging_steps=50) would draw no loss curve.
+        kwargs["logging_steps"] = max(1, max_steps // 20)
+        print(f"Logging every {kwargs['logging_steps']} step(s): training.logging_steps={logging_steps} would log "
+              f"fewer than {MIN_LOSS_POINTS} points of {max_steps} steps")
     if not torch.accelerator.is_available():
         # A machine without accelerators: say so, which lets bf16 autocast run on CPU and makes several launched
         # processes CPU processes talking over gloo.
@@ -234,7 +243,7 @@ def build_run(config: dict, output_dir: str | None = None) -> TrainingRun:
         data_collator=collator,
         eval_data_collator=eval_collator,
         processing_class=processor,
-        callbacks=[stage_callback, time_budget],
+        callbacks=[stage_callback, time_budget, CpuThreadsCallback()],
     )
     return TrainingRun(config, tokenizer, model, processor, train_dataset, eval_dataset, collator, trainer,
                        time_budget)
@@ -250,6 +259,10 @@ def save_trained(run: TrainingRun, output_dir: str | Path) -> None:
     run.trainer.save_model(str(output_dir))
     if not run.trainer.is_world_process_zero():
         return
+    # Trainer pickles its arguments beside the weights; a folder meant to be loaded and published holds
+    # safetensors and JSON only (checkpoints keep the pickle Trainer needs to resume).
+    Path(output_dir, "training_args.bin").unlink(missing_ok=True)
+    Path(output_dir, "training_args.json").write_text(run.trainer.args.to_json_string(), encoding="utf-8")
     scheduler = MMARScheduler.from_model_config(run.model.config)
     scheduler.save_pretrained(os.path.join(output_dir, "scheduler"))
     MMARPipeline(model=run.model, processor=run.processor, scheduler=scheduler).save_config(str(output_dir))
@@ -260,12 +273,57 @@ def save_trained(run: TrainingRun, output_dir: str | Path) -> None:
         plot_loss(history, os.path.join(output_dir, "loss.png"))
 
 
+def _is_complete_checkpoint(folder: Path) -> bool:
+    # Trainer writes trainer_state.json after the weights, optimizer and RNG states: a checkpoint without it was
+    # interrupted while saving.
+    has_weights = any((folder / name).exists() for name in ("model.safetensors", "model.safetensors.index.json",
+                                                             "adapter_model.safetensors"))
+    return has_weights and (folder / "trainer_state.json").is_file()
+
+
+def _checkpoints(output_dir) -> list[Path]:
+    folders = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()]
+    return sorted(folders, key=lambda p: int(p.name[11:]), reverse=True)
+
+
+def newest_complete_checkpoint(output_dir) -> str:
+    """The newest `checkpoint-N` of `output_dir` that was saved completely; incomplete newer ones are named."""
+    checkpoints = _checkpoints(output_dir)
+    complete = [p for p in checkpoints if _is_complete_checkpoint(p)]
+    if not complete:
+        found = ", ".join(p.name for p in checkpoints) or "none"
+        raise ValueError(f"resume_from_checkpoint=true but {output_dir} holds no complete checkpoint "
+                         f"(checkpoint folders: {found})")
+    skipped = [p.name for p in checkpoints if int(p.name[11:]) > int(complete[0].name[11:])]
+    if skipped:
+        print(f"Skipping incomplete {', '.join(skipped)} (no trainer_state.json or weights: interrupted while "
+              "saving)")
+    return str(complete[0])
+
+
+def check_complete_checkpoint(folder) -> None:
+    path = Path(folder)
+    if not path.is_dir():
+        raise ValueError(f"resume_from_checkpoint={str(folder)!r} is not a folder")
+    if not _is_complete_checkpoint(path):
+        raise ValueError(f"resume_from_checkpoint={str(folder)!r} is incomplete (no trainer_state.json or weights); "
+                         "pass training.resume_from_checkpoint=true to resume from the newest complete one")
+
+
 def train(config: dict, output_dir: str | None = None, resume_from_checkpoint: str | bool | None = None) -> TrainingRun:
     """Build a run from `config`, train it, save model / processor / scheduler / loss.png into the output dir."""
     run = build_run(config, output_dir)
     if resume_from_checkpoint is None:
         resume_from_checkpoint = (config.get("training") or {}).get("resume_from_checkpoint")
-    run.trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    if resume_from_checkpoint is True:
+        resume_from_checkpoint = newest_complete_checkpoint(run.trainer.args.output_dir)
+    elif resume_from_checkpoint:
+        check_complete_checkpoint(resume_from_checkpoint)
+    if resume_from_checkpoint and run.trainer.is_world_process_zero():
+        print(f"Resuming from {resume_from_checkpoint}")
+    run.trainer.train(resume_from_checkpoint=resume_from_checkpoint or None)
+    if run.trainer.is_world_process_zero():
+        print(run.time_budget.summary(run.trainer.state))
     losses = [entry["loss"] for entry in run.trainer.state.log_history if "loss" in entry]
     if losses and not all(math.isfinite(v) for v in losses):
         raise FloatingPointError(f"Training diverged: non-finite loss in the log ({losses[-5:]})")
