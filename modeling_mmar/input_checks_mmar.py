@@ -170,12 +170,23 @@ def resolve_pretrained_path(path, what: str = "model"):
     if not isinstance(path, str):
         raise ValueError(f"pretrained_model_name_or_path must be a str or os.PathLike, got {type(path).__name__}")
     if os.path.isdir(path):
+        path = pipeline_component_root(path, "config.json")
         check_safetensors_files(path)
     elif os.path.exists(path):
         raise ValueError(f"{what} path {path!r} is a file; pass the folder that holds it")
     elif _looks_like_local_path(path):
         raise FileNotFoundError(f"{what} folder {path!r} does not exist")
     return path
+
+
+def pipeline_component_root(folder: str, config_name: str) -> str:
+    """An exported pipeline's `model/` (or `processor/`) folder holds only the component's code for diffusers; its
+    config and weights are the ones at the pipeline root (one copy, shared with transformers)."""
+    parent = os.path.dirname(os.path.abspath(folder))
+    if not os.path.isfile(os.path.join(folder, config_name)) and os.path.isfile(
+            os.path.join(parent, "model_index.json")) and os.path.isfile(os.path.join(parent, config_name)):
+        return parent
+    return folder
 
 
 def check_safetensors_files(folder: str) -> None:

@@ -2,6 +2,7 @@
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -23,6 +24,9 @@ from .input_checks_mmar import (
     resolve_pretrained_path,
     shareable_permissions,
 )
+if TYPE_CHECKING:  # never run: diffusers copies only the modules a remote-code file names itself
+    from .sampling_mmar import generate_images  # noqa: F401
+    from .scheduling_mmar import MMARScheduler  # noqa: F401
 from .image_tokens_mmar import (
     check_image_mask,
     check_image_spans,
@@ -112,7 +116,12 @@ class MMARPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        pretrained_model_name_or_path = resolve_pretrained_path(pretrained_model_name_or_path, "model")
+        resolved = resolve_pretrained_path(pretrained_model_name_or_path, "model")
+        if isinstance(pretrained_model_name_or_path, str) and resolved != pretrained_model_name_or_path:
+            # diffusers loaded this class from the pipeline's code-only model/ folder, under trust_remote_code=True:
+            # the root it points to holds the same code, already trusted.
+            kwargs.setdefault("trust_remote_code", True)
+        pretrained_model_name_or_path = resolved
         # Loading replaces every parameter by a fresh `nn.Parameter(requires_grad=True)`: re-freeze the VAE so that
         # optimizers, PEFT and parameter counts see it as the frozen tokenizer it is.
         loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)

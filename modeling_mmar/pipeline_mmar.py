@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 try:  # guarded: transformers' remote-code import check must not demand diffusers for text-only use
@@ -13,6 +15,21 @@ from transformers import ProcessorMixin
 from .input_checks_mmar import check_bool, check_int, resolve_pretrained_path
 from .modeling_mmar import MMARForConditionalGeneration
 from .sampling_mmar import DEFAULT_NUM_ITER
+
+if TYPE_CHECKING:  # never run: diffusers copies only the modules a remote-code file names itself
+    from .configuration_mmar import MMARConfig  # noqa: F401
+    from .diffusion_head_mmar import MMARDiffusionHead  # noqa: F401
+    from .embedder_mmar import MMARImageEmbedder  # noqa: F401
+    from .generation_mmar import MMARGenerationMixin  # noqa: F401
+    from .image_tokens_mmar import image_block_ids  # noqa: F401
+    from .scheduling_mmar import MMARScheduler  # noqa: F401
+
+
+INSTALLED_MODULE = "modeling_mmar.pipeline_mmar"
+# Remote-code module names in an exported model_index.json -> the modules of the installed package.
+INSTALLED_COMPONENT_MODULES = {"modeling_mmar": "modeling_mmar.modeling_mmar",
+                               "processing_mmar": "processors.processing_mmar",
+                               "scheduling_mmar": "modeling_mmar.scheduling_mmar"}
 
 
 class MMARPipeline(DiffusionPipeline):
@@ -34,7 +51,8 @@ class MMARPipeline(DiffusionPipeline):
     `model_index.json` names the components by module (`modeling_mmar.modeling_mmar`, `processors.processing_mmar`,
     `modeling_mmar.scheduling_mmar`). diffusers only resolves such modules once they are imported (it never imports
     a module because a repository names it), so `import modeling_mmar, processors` before
-    `MMARPipeline.from_pretrained("mmar-pipe")`.
+    `MMARPipeline.from_pretrained("mmar-pipe")`. A folder written by `mmar export` is also a diffusers custom
+    pipeline (`DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` without this package).
     """
 
     model_cpu_offload_seq = "model"
@@ -54,6 +72,19 @@ class MMARPipeline(DiffusionPipeline):
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         # diffusers takes str only; a folder that does not exist is named here, not as a malformed repo id.
         return super().from_pretrained(resolve_pretrained_path(pretrained_model_name_or_path, "pipeline"), **kwargs)
+
+    @classmethod
+    def load_config(cls, *args, **kwargs):
+        loaded = super().load_config(*args, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        if __name__ == INSTALLED_MODULE and isinstance(config.get("_class_name"), list):
+            # An exported folder also carries this code for `DiffusionPipeline.from_pretrained(...,
+            # trust_remote_code=True)`; the installed class loads it with the installed code instead.
+            config["_class_name"] = config["_class_name"][1]
+            for name, value in config.items():
+                if isinstance(value, list) and value and value[0] in INSTALLED_COMPONENT_MODULES:
+                    config[name] = [INSTALLED_COMPONENT_MODULES[value[0]], *value[1:]]
+        return loaded
 
     @staticmethod
     def _as_list(prompt, name: str) -> list[str]:

@@ -123,6 +123,12 @@ class MMARProcessor(ProcessorMixin):
         if isinstance(path, str) and not os.path.isdir(path) and (
                 os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1):
             raise FileNotFoundError(f"processor folder {path!r} does not exist")  # not a Hub repo id either
+        if isinstance(path, str) and os.path.isdir(path) and not os.path.isfile(os.path.join(path, "processor_config.json")):
+            # An exported pipeline's processor/ holds only code for diffusers; the processor files are at its root.
+            parent = os.path.dirname(os.path.abspath(path))
+            if os.path.isfile(os.path.join(parent, "model_index.json")):
+                path = parent  # reached through diffusers under trust_remote_code=True: the root's code is the same
+                kwargs.setdefault("trust_remote_code", True)
         return super().from_pretrained(path, **kwargs)
 
     @staticmethod

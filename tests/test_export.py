@@ -49,7 +49,12 @@ def test_export_writes_a_complete_hub_folder(model_dir, tmp_path):
     assert not any(out.glob("*.bin")) and not any(name.startswith(".") for name in os.listdir(tmp_path))
     assert set(json.loads((out / "config.json").read_text())["auto_map"]) == {
         "AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForImageTextToText"}
-    assert json.loads((out / "model_index.json").read_text())["_class_name"] == "MMARPipeline"
+    # A diffusers custom pipeline: its class and components' code ship with the folder (see test_remote_code).
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline_mmar", "MMARPipeline"]
+    assert (out / "pipeline_mmar.py").is_file() and (out / "model" / "modeling_mmar.py").is_file()
+    assert (out / "processor" / "processing_mmar.py").is_file()
+    assert not any((out / "model").glob("*.safetensors"))  # one copy of the weights, at the root
 
     # The export loads back as the same model, processor and (swapped) scheduler, alone or as a pipeline.
     original = AutoModelForImageTextToText.from_pretrained(model_dir)

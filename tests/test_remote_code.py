@@ -213,3 +213,59 @@ def test_understanding_works_without_diffusers_and_image_generation_says_what_to
     assert set(report["import_check"].values()) == {"ok"}, report["import_check"]
     assert report["answer_tokens"] == 3
     assert "pip install diffusers" in report["image_error"]
+
+
+DIFFUSERS_PIPELINE_SCRIPT = textwrap.dedent(
+    """
+    import importlib.util, json, sys
+    import torch
+    from diffusers import DiffusionPipeline
+    from safetensors.torch import save_file
+
+    folder, outputs_file = sys.argv[1:3]
+    report = {name: importlib.util.find_spec(name) is not None for name in ("modeling_mmar", "processors")}
+    pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+    pipe.set_progress_bar_config(disable=True)
+    report["classes"] = {name: f"{type(obj).__module__}.{type(obj).__name__}"
+                         for name, obj in (("pipeline", pipe), *pipe.components.items())}
+    image = pipe("a handwritten seven", num_iter=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0),
+                 output_type="pt").images
+    save_file({"image": image.contiguous()}, outputs_file)
+    print("REPORT", json.dumps(report))
+    """
+)
+
+
+def test_an_exported_folder_is_a_diffusers_custom_pipeline_without_the_package(saved_model, tmp_path):
+    """`DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` where only diffusers + transformers are
+    installed: the pipeline and its components come from the folder's own code, and draw the installed images."""
+    from modeling_mmar import MMARPipeline, MMARScheduler
+    from training.export import write_export
+
+    _, model, processor = saved_model
+    folder = tmp_path / "export"
+    write_export(model, processor, MMARScheduler.from_model_config(model.config), folder)
+    script = tmp_path / "script" / "diffusers_pipeline.py"
+    script.parent.mkdir()
+    script.write_text(DIFFUSERS_PIPELINE_SCRIPT)
+    result = subprocess.run([sys.executable, "-S", str(script), str(folder), str(tmp_path / "out.safetensors")],
+                            cwd=tmp_path, env=isolated_python_env(tmp_path), capture_output=True, text=True,
+                            timeout=300, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.split("REPORT ", 1)[1])
+    assert report["modeling_mmar"] is False and report["processors"] is False
+    classes = report["classes"]
+    assert classes["pipeline"].endswith("pipeline_mmar.MMARPipeline")
+    assert classes["model"].endswith("modeling_mmar.MMARForConditionalGeneration")
+    assert classes["processor"].endswith("processing_mmar.MMARProcessor")
+    assert classes["scheduler"].endswith("scheduling_mmar.MMARScheduler")
+    assert not any(name.startswith(("modeling_mmar.", "processors.")) for name in classes.values()), classes
+
+    # With the package installed, MMARPipeline loads the same folder with the installed code, no remote code.
+    installed = MMARPipeline.from_pretrained(folder)
+    assert type(installed.model) is MMARForConditionalGeneration and type(installed.processor) is MMARProcessor
+    installed.set_progress_bar_config(disable=True)
+    expected = installed("a handwritten seven", num_iter=2, num_inference_steps=3,
+                         generator=torch.Generator().manual_seed(0), output_type="pt").images
+    torch.testing.assert_close(load_file(tmp_path / "out.safetensors")["image"], expected, rtol=0, atol=1e-6)
+    assert expected.std() > 0

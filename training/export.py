@@ -122,6 +122,33 @@ def write_export(model, processor, scheduler, folder: Path, max_shard_size: str 
     scheduler.save_pretrained(str(folder / "scheduler"))
     # Only model_index.json: the model and processor already sit at the root, where diffusers finds them.
     MMARPipeline(model=model, processor=processor, scheduler=scheduler).save_config(str(folder))
+    write_pipeline_remote_code(folder)
+
+
+def write_pipeline_remote_code(folder: Path) -> None:
+    """Make `folder` a diffusers custom pipeline: `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`
+    then loads without this package. diffusers takes the pipeline class from `pipeline_mmar.py` at the root and a
+    custom component's class from `<component>/<module>.py`; the component folders `model/` and `processor/` hold
+    only that code (the one copy of the weights and processor files stays at the root, where transformers loads
+    them and where MMAR's `from_pretrained` finds them for a code-only component folder)."""
+    import modeling_mmar
+    import processors
+
+    model_code, processor_code = Path(modeling_mmar.__file__).parent, Path(processors.__file__).parent
+    shutil.copyfile(model_code / "pipeline_mmar.py", folder / "pipeline_mmar.py")
+    for component, source in (("model", model_code), ("processor", processor_code)):
+        (folder / component).mkdir(exist_ok=True)
+        for file in sorted(source.glob("*_mmar.py")):
+            shutil.copyfile(file, folder / component / file.name)
+    index_path = folder / "model_index.json"
+    index = json.loads(index_path.read_text(encoding="utf-8"))
+    index["_class_name"] = ["pipeline_mmar", "MMARPipeline"]
+    index["model"] = ["modeling_mmar", index["model"][1]]
+    index["processor"] = ["processing_mmar", index["processor"][1]]
+    if index["scheduler"][1] == "MMARScheduler":
+        shutil.copyfile(model_code / "scheduling_mmar.py", folder / "scheduler" / "scheduling_mmar.py")
+        index["scheduler"] = ["scheduling_mmar", "MMARScheduler"]
+    index_path.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
 
 
 def export_model(
