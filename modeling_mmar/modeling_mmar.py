@@ -26,7 +26,6 @@ from .input_checks_mmar import (
 )
 if TYPE_CHECKING:  # never run: diffusers copies only the modules a remote-code file names itself
     from .sampling_mmar import generate_images  # noqa: F401
-    from .scheduling_mmar import MMARScheduler  # noqa: F401
 from .image_tokens_mmar import (
     check_image_mask,
     check_image_spans,
@@ -118,8 +117,7 @@ class MMARPreTrainedModel(PreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         resolved = resolve_pretrained_path(pretrained_model_name_or_path, "model")
         if isinstance(pretrained_model_name_or_path, str) and resolved != pretrained_model_name_or_path:
-            # diffusers loaded this class from the pipeline's code-only model/ folder, under trust_remote_code=True:
-            # the root it points to holds the same code, already trusted.
+            # diffusers loaded this class from a pipeline's code-only model/ folder under trust_remote_code=True
             kwargs.setdefault("trust_remote_code", True)
         pretrained_model_name_or_path = resolved
         # Loading replaces every parameter by a fresh `nn.Parameter(requires_grad=True)`: re-freeze the VAE so that

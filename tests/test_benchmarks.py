@@ -15,7 +15,7 @@ from conftest import tiny_config
 
 from benchmarks.counters import count_calls
 from benchmarks.naive_sampler import NaiveCallCounter, naive_generate
-from benchmarks.sampler_bench import build_scheduler, matched_quality, quality
+from benchmarks.sampler_bench import matched_quality, quality
 from benchmarks.subjects import randomize_head
 from benchmarks.suites import Suite
 from benchmarks.timing import Timing, ratio, side_by_side
