@@ -70,12 +70,7 @@ class PerImageRandomness:
     """Draws every random number of image i from generator i, in the same order whatever the batch is."""
 
     def __init__(self, generator, batch_size: int, device: torch.device):
-        if isinstance(generator, (list, tuple)):
-            if len(generator) != batch_size:
-                raise ValueError(
-                    f"generator is a list of {len(generator)} generators but {batch_size} prompts were given; "
-                    "pass one generator per prompt (or a single generator)"
-                )
+        if isinstance(generator, (list, tuple)):  # one per image: check_generator checked the count at the edge
             self.generators = list(generator)
         else:
             self.generators = [generator] * batch_size
