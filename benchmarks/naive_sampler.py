@@ -99,7 +99,7 @@ def naive_generate(
     device = model.device
     batch_size = input_ids.shape[0]
     with_uncond = guidance_scale != 1.0
-    prefix_ids, prefix_mask = build_prompt_rows(input_ids, attention_mask, None, None, cfg, with_uncond)
+    prefix_ids, prefix_mask = build_prompt_rows(input_ids, attention_mask, None, None, cfg, 1, with_uncond)
     prefix_ids, prefix_mask = prefix_ids.to(device), prefix_mask.to(device)
     scheduler = MMARScheduler.from_model_config(cfg)
     randomness = PerImageRandomness(generator, batch_size, device)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 from transformers import GenerationMixin
 from transformers.masking_utils import create_masks_for_generate as _create_masks
@@ -33,7 +31,7 @@ class MMARGenerationMixin(GenerationMixin):
             input_ids / attention_mask: `<bos>caption<boi>` prompts, left-padded
                 (`processor(text=prompts, generation_mode="image")`); a missing final `<boi>` is appended.
             negative_prompt_ids / negative_prompt_attention_mask: token ids of the unconditional (negative)
-                prompts; default: the empty caption `<bos><boi>`.
+                prompts, one for all or one per prompt; default: the empty caption `<bos><boi>`.
             num_iter (`int`, default min(64, tokens_per_image)): masked-AR steps K (cosine schedule).
             guidance_scale (`float`, default 3.0): classifier-free guidance s on the head's output; 1.0 runs no
                 unconditional rows.
@@ -44,22 +42,24 @@ class MMARGenerationMixin(GenerationMixin):
                 process (default: `MMARScheduler` from the model config; e.g. `DDIMScheduler.from_config(...)`).
             generator: one `torch.Generator` or a list with one per prompt (per-image reproducibility).
             use_cache (`bool`, default True): reuse the prompt's KV cache at every step; False re-runs it.
-            output_type (`"pt"` | `"np"` | `"pil"` | `"latent"`): [B,C,H,W] tensor in [0, 1], [B,H,W,C] array in
-                [0, 1], a list of PIL images, or the continuous image tokens [B, L, D].
+            output_type (`"pt"` | `"np"` | `"pil"` | `"latent"`): [B,C,H,W] tensor in [0, 1], [B,H,W,C] float array
+                in [0, 1], a list of PIL images, or the continuous image tokens [B, L, D].
+            num_images_per_prompt (`int`, default 1): images per prompt row (generators: one per image).
             show_progress (`bool`, default True): tqdm bar over the masked-AR steps.
+            progress_bar (`callable(steps) -> iterable`): wraps the steps instead (e.g. `pipe.progress_bar`).
             callback_on_step_end (`callable(step, image_tokens, still_masked)`): called after every step with
                 copies of the tokens [B, L, D] and the bool mask [B, L] (True = not generated yet).
         """
         if generation_mode not in GENERATION_MODES:
             raise ValueError(f"generation_mode must be one of {GENERATION_MODES}, got {generation_mode!r}")
-        prompt = inputs if inputs is not None else kwargs.get("input_ids")
-        if isinstance(prompt, torch.Tensor) and (prompt.ndim == 0 or prompt.shape[-1] == 0):
-            raise ValueError(
-                f"input_ids holds no tokens (shape {tuple(prompt.shape)}): a prompt needs at least <bos>, which "
-                "the processor adds (processor(text=...))"
-            )
         if generation_mode == "text":
+            prompt = inputs if inputs is not None else kwargs.get("input_ids")
             if isinstance(prompt, torch.Tensor):
+                if prompt.ndim == 0 or prompt.shape[-1] == 0:
+                    raise ValueError(
+                        f"input_ids holds no tokens (shape {tuple(prompt.shape)}): a prompt needs at least <bos>, "
+                        "which the processor adds (processor(text=...))"
+                    )
                 self._check_text_generation_fits(prompt, generation_config, kwargs)
             self._suppress_image_special_tokens(generation_config, kwargs)
             return super().generate(inputs, generation_config, *args, **kwargs)
@@ -79,11 +79,6 @@ class MMARGenerationMixin(GenerationMixin):
             raise ValueError("Pass the prompts either as `inputs` or as `input_ids`, not both")
         from .sampling_mmar import generate_images  # needs diffusers: understanding and text generation do not
 
-        unknown = sorted(set(kwargs) - set(inspect.signature(generate_images).parameters))
-        if unknown:
-            raise ValueError(
-                f"generation_mode='image' does not take {unknown} (see MMARForConditionalGeneration.generate)"
-            )
         return generate_images(self, input_ids, **kwargs)
 
     def _check_text_generation_fits(self, prompt, generation_config, kwargs) -> None:

@@ -317,16 +317,18 @@ class MMARModel(MMARPreTrainedModel):
                 if past_length:
                     block_ids = nn.functional.pad(block_ids, (past_length, 0), value=-1)
 
+        return self.forward_embedded(inputs_embeds, attention_mask, position_ids, cache, block_ids, use_cache,
+                                     image_tokens=image_tokens, **kwargs)
+
+    def forward_embedded(self, inputs_embeds, attention_mask=None, position_ids=None, cache=None, block_ids=None,
+                         use_cache=None, image_tokens=None, **kwargs) -> MMARModelOutputWithPast:
+        """The LLM over embedded inputs, the image spans of `block_ids` (`image_block_ids`) bidirectional. Checks
+        nothing: `forward` checks what users pass, the image sampler calls this at every masked-AR step with inputs
+        it checked once (and a dict of masks it built once, which is used as given)."""
         if block_ids is not None and not isinstance(attention_mask, dict):
             attention_mask = self._image_span_masks(inputs_embeds, attention_mask, cache, position_ids, block_ids)
-        outputs = self.language_model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            use_cache=use_cache,
-            **kwargs,
-        )
+        outputs = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                      position_ids=position_ids, cache=cache, use_cache=use_cache, **kwargs)
         return MMARModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
             cache=outputs.cache,

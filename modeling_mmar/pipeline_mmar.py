@@ -12,9 +12,8 @@ except ImportError as error:  # pragma: no cover
     raise ImportError("MMARPipeline needs diffusers: pip install diffusers") from error
 from transformers import ProcessorMixin
 
-from .input_checks_mmar import check_bool, check_int, resolve_pretrained_path
+from .input_checks_mmar import check_bool, resolve_pretrained_path
 from .modeling_mmar import MMARForConditionalGeneration
-from .sampling_mmar import DEFAULT_NUM_ITER
 
 if TYPE_CHECKING:  # never run: diffusers copies only the modules a remote-code file names itself
     from .configuration_mmar import MMARConfig  # noqa: F401
@@ -120,48 +119,33 @@ class MMARPipeline(DiffusionPipeline):
             guidance_schedule: "linear" (grows with the revealed tokens) or "constant".
             temperature: scales the noise of every reverse diffusion step.
             generator: one generator, or one per image (`len(prompt) * num_images_per_prompt`).
-            output_type: "pil" (default), "np", "pt" or "latent" (continuous image tokens).
+            output_type: "pil" (default), "np" (floats in [0, 1]), "pt" or "latent" (continuous image tokens).
             return_dict: return an `ImagePipelineOutput` (else a tuple).
             use_cache: reuse the prompts' KV cache at every masked-AR step.
         """
-        prompts = self._as_list(prompt, "prompt")
-        check_int("num_images_per_prompt", num_images_per_prompt, 1)
         check_bool("return_dict", return_dict)
-        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
-        inputs = self._tokenize(prompts)
-        if negative_prompt is not None:
-            negatives = self._as_list(negative_prompt, "negative_prompt")
-            if len(negatives) == 1:
-                negatives = negatives * len(prompts)
-            elif len(negatives) * num_images_per_prompt == len(prompts):
-                negatives = [n for n in negatives for _ in range(num_images_per_prompt)]
-            else:
-                raise ValueError(
-                    f"negative_prompt holds {len(negatives)} captions for {len(prompts) // num_images_per_prompt} "
-                    "prompts; pass one negative prompt or one per prompt"
-                )
-            negative_inputs = self._tokenize(negatives)
+        inputs = self._tokenize(self._as_list(prompt, "prompt"))
+        if negative_prompt is not None:  # one for all prompts or one per prompt: the sampler pairs them up
+            negative_inputs = self._tokenize(self._as_list(negative_prompt, "negative_prompt"))
             inputs["negative_prompt_ids"] = negative_inputs["input_ids"]
             inputs["negative_prompt_attention_mask"] = negative_inputs["attention_mask"]
-
-        default_steps = min(DEFAULT_NUM_ITER, self.model.config.tokens_per_image)
-        total_steps = num_iter if isinstance(num_iter, int) and num_iter > 0 else default_steps
-        with self.progress_bar(total=total_steps) as progress:
-            images = self.model.generate(
-                **inputs,
-                generation_mode="image",
-                num_iter=num_iter,
-                num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale,
-                guidance_schedule=guidance_schedule,
-                temperature=temperature,
-                scheduler=self.scheduler,
-                generator=generator,
-                use_cache=use_cache,
-                output_type=output_type,
-                show_progress=False,
-                callback_on_step_end=lambda step, tokens, still_masked: progress.update(),
-            )
+        # The sampling loop owns every default and check; the pipeline hands it its progress bar, as diffusers
+        # pipelines wrap their denoising loops.
+        images = self.model.generate(
+            **inputs,
+            generation_mode="image",
+            num_images_per_prompt=num_images_per_prompt,
+            num_iter=num_iter,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            guidance_schedule=guidance_schedule,
+            temperature=temperature,
+            scheduler=self.scheduler,
+            generator=generator,
+            use_cache=use_cache,
+            output_type=output_type,
+            progress_bar=self.progress_bar,
+        )
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)

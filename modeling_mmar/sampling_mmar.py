@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from .input_checks_mmar import (
+    check_attention_mask,
     check_bool,
     check_callable,
     check_choice,
@@ -98,101 +99,141 @@ class PerImageRandomness:
         return torch.cat(draws)
 
 
-def build_prompt_rows(input_ids, attention_mask, negative_ids, negative_mask, config, with_uncond: bool):
-    """
-    Left-padded `[cond rows; uncond rows]` prefixes, each ending with `<boi>`. Uncond rows are the negative
-    prompts when given, else the empty caption `<bos><boi>` (`<boi>` alone when the prompt has no `<bos>`).
-    """
-    cond = _valid_rows(input_ids, attention_mask, config, "input_ids")
-    rows = list(cond)
-    if with_uncond:
-        if negative_ids is not None:
-            negative = _valid_rows(negative_ids, negative_mask, config, "negative_prompt_ids")
-            if len(negative) == 1 and len(cond) > 1:
-                negative = negative * len(cond)
-            if len(negative) != len(cond):
-                raise ValueError(
-                    f"negative_prompt_ids holds {len(negative)} prompts but input_ids holds {len(cond)}; "
-                    "pass one negative prompt per prompt (or a single one for all)"
-                )
-        else:
-            bos = config.text_config.bos_token_id
-            negative = [
-                [row[0], config.boi_token_id] if bos is not None and len(row) > 1 and row[0] == bos
-                else [config.boi_token_id]
-                for row in cond
-            ]
-        rows += negative
-    pad = config.text_config.pad_token_id if config.text_config.pad_token_id is not None else 0
-    length = max(len(row) for row in rows)
-    ids = torch.full((len(rows), length), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, length - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[i, length - len(row):] = 1
-    return ids.to(input_ids.device), mask.to(input_ids.device)
-
-
-def _valid_rows(ids, mask, config, name: str) -> list[list[int]]:
-    if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.dtype not in (torch.long, torch.int):
-        raise ValueError(f"{name} must be an integer tensor [batch, sequence_length] of token ids")
+def _generation_prompts(ids, mask, config, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts as the processor builds them (`<bos>caption<boi>`, left-padded), checked on the tensors: right-padded
+    rows are left-aligned and a missing final `<boi>` is appended, so the image span starts right after every row."""
     if mask is None:
         mask = torch.ones_like(ids)
-    if mask.shape != ids.shape:
-        raise ValueError(f"the attention mask of {name} has shape {tuple(mask.shape)}, expected {tuple(ids.shape)}")
-    rows = []
-    for row_ids, row_mask in zip(ids.tolist(), mask.tolist()):
-        row = [token for token, keep in zip(row_ids, row_mask) if keep]
-        if config.image_token_id in row or config.eoi_token_id in row:
+    check_attention_mask(mask, *ids.shape)
+    if mask.ndim != 2:
+        raise ValueError(f"the attention mask of {name} must be a 2D padding mask [batch, sequence_length]")
+    mask = mask.to(device=ids.device, dtype=torch.long)
+    empty = (mask.sum(-1) == 0).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(
+            f"{name} holds no tokens in row(s) {empty} (shape {tuple(ids.shape)}): a prompt needs at least <bos>, "
+            "which the processor adds (processor(text=..., generation_mode='image'))"
+        )
+    if (((ids == config.image_token_id) | (ids == config.eoi_token_id)) & mask.bool()).any():
+        raise ValueError(
+            f"{name} already contains an image span (<img> id {config.image_token_id} or <eoi> id "
+            f"{config.eoi_token_id}); image generation prompts are `<bos>caption<boi>`: build them with "
+            "processor(text=..., generation_mode='image')"
+        )
+    trailing_pads = (mask.flip(-1).cumsum(-1) == 0).sum(-1, keepdim=True)
+    if trailing_pads.any():  # right-padded: rotate each row so that its prompt ends at the last column
+        index = (torch.arange(ids.shape[1], device=ids.device) - trailing_pads) % ids.shape[1]
+        ids, mask = ids.gather(1, index), mask.gather(1, index)
+    missing_boi = ids[:, -1:] != config.boi_token_id
+    if missing_boi.any():
+        column = torch.ones_like(ids[:, :1])
+        ids = torch.where(missing_boi, torch.cat([ids, column * config.boi_token_id], 1),
+                          torch.cat([column * _pad_id(config), ids], 1))
+        mask = torch.where(missing_boi, torch.cat([mask, column], 1), torch.cat([column * 0, mask], 1))
+    return ids, mask
+
+
+def _pad_id(config) -> int:
+    return config.text_config.pad_token_id if config.text_config.pad_token_id is not None else 0
+
+
+def _left_pad(ids, mask, length: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    extra = length - ids.shape[1]
+    return (torch.nn.functional.pad(ids, (extra, 0), value=pad_id),
+            torch.nn.functional.pad(mask, (extra, 0), value=0))
+
+
+def build_prompt_rows(input_ids, attention_mask, negative_ids, negative_mask, config, num_images_per_prompt: int,
+                      with_uncond: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    Left-padded `[cond rows; uncond rows]` prefixes ending with `<boi>`, `num_images_per_prompt` rows per prompt.
+    Uncond rows are the negative prompts (one for all, one per prompt, or one per image) when given, else the empty
+    caption `<bos><boi>` (`<boi>` alone when the prompt has no `<bos>`).
+    """
+    ids, mask = _generation_prompts(input_ids, attention_mask, config, "input_ids")
+    num_prompts = ids.shape[0]
+    ids, mask = ids.repeat_interleave(num_images_per_prompt, 0), mask.repeat_interleave(num_images_per_prompt, 0)
+    if not with_uncond:
+        return ids, mask
+    if negative_ids is not None:
+        negative, negative_mask = _generation_prompts(negative_ids, negative_mask, config, "negative_prompt_ids")
+        if negative.shape[0] == 1:
+            negative, negative_mask = negative.expand(ids.shape[0], -1), negative_mask.expand(ids.shape[0], -1)
+        elif negative.shape[0] == num_prompts:
+            negative = negative.repeat_interleave(num_images_per_prompt, 0)
+            negative_mask = negative_mask.repeat_interleave(num_images_per_prompt, 0)
+        elif negative.shape[0] != ids.shape[0]:
             raise ValueError(
-                f"{name} already contains an image span (<img> id {config.image_token_id} or <eoi> id "
-                f"{config.eoi_token_id}); image generation prompts are `<bos>caption<boi>`: build them with "
-                "processor(text=..., generation_mode='image')"
+                f"got {negative.shape[0]} negative prompts for {num_prompts} prompts (negative_prompt_ids, or the "
+                "pipeline's negative_prompt); pass one negative prompt per prompt, or a single one for all"
             )
-        if not row or row[-1] != config.boi_token_id:  # the image starts right after the prompt
-            row.append(config.boi_token_id)
-        rows.append(row)
-    return rows
+    else:
+        bos = config.text_config.bos_token_id
+        first_token = ids.gather(1, mask.argmax(-1, keepdim=True))
+        has_bos = (first_token == bos) & (mask.sum(-1, keepdim=True) > 1)
+        if bos is None:
+            has_bos = torch.zeros_like(has_bos)
+        column = torch.ones_like(first_token)
+        negative = torch.cat([torch.where(has_bos, first_token, column * _pad_id(config)),
+                              column * config.boi_token_id], 1)
+        negative_mask = torch.cat([has_bos.long(), column], 1)
+    length = max(ids.shape[1], negative.shape[1])
+    ids, mask = _left_pad(ids, mask, length, _pad_id(config))
+    negative, negative_mask = _left_pad(negative, negative_mask, length, _pad_id(config))
+    return torch.cat([ids, negative]), torch.cat([mask, negative_mask])
 
 
 class ImageSpanRunner:
-    """Runs the image span of every row through the LLM on top of the fixed prompt prefix."""
+    """Runs the image span of every row through the LLM on top of the fixed prompt prefix.
+
+    The prompts are checked once by `generate_images`; every masked-AR step then goes straight to
+    `MMARModel.forward_embedded` with the image embeddings, span layout and attention masks built here once.
+    """
 
     def __init__(self, model, prefix_ids, prefix_mask, use_cache: bool):
         self.backbone = model.model
         cfg = model.config
         self.num_tokens = cfg.tokens_per_image
-        rows = prefix_ids.shape[0]
-        self.span_ids = torch.full((rows, self.num_tokens), cfg.image_token_id, dtype=torch.long,
-                                   device=prefix_ids.device)
-        self.prefix_ids, self.prefix_mask = prefix_ids, prefix_mask
-        self.full_mask = torch.cat([prefix_mask, torch.ones_like(self.span_ids)], dim=1)
+        rows, prefix_length = prefix_ids.shape
+        device = prefix_ids.device
+        full_mask = torch.cat([prefix_mask, torch.ones(rows, self.num_tokens, dtype=prefix_mask.dtype,
+                                                       device=device)], dim=1)
         # Positions from the attention mask (left padding): pads get 1 like GenerationMixin, the image continues
         # right after each row's own prompt.
         prefix_positions = (prefix_mask.cumsum(-1) - 1).masked_fill(prefix_mask == 0, 1)
-        span_positions = prefix_mask.sum(-1, keepdim=True) + torch.arange(self.num_tokens, device=prefix_ids.device)
-        self.prefix_positions, self.span_positions = prefix_positions, span_positions
+        span_positions = prefix_mask.sum(-1, keepdim=True) + torch.arange(self.num_tokens, device=device)
+        # One image block per row, after `prefix_length` text positions.
+        block_ids = torch.cat([torch.full((rows, prefix_length), -1, dtype=torch.long, device=device),
+                               torch.zeros(rows, self.num_tokens, dtype=torch.long, device=device)], dim=1)
+        prefix_embeds = self.backbone.get_input_embeddings()(prefix_ids)
+        self.embed_dtype = prefix_embeds.dtype
         self.cache = None
         if use_cache:
             self.cache = DynamicCache(config=cfg.get_text_config())
-            self.backbone(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=prefix_positions,
-                          cache=self.cache, use_cache=True)
+            self.backbone.language_model(inputs_embeds=prefix_embeds, attention_mask=prefix_mask,
+                                         position_ids=prefix_positions, cache=self.cache, use_cache=True)
+            self.position_ids = span_positions
+            self.prefix_embeds = None
+        else:  # reference path: the whole sequence again at every step
+            self.position_ids = torch.cat([prefix_positions, span_positions], dim=1)
+            self.prefix_embeds = prefix_embeds
+        probe = torch.zeros(rows, self.position_ids.shape[1], prefix_embeds.shape[-1], dtype=self.embed_dtype,
+                            device=device)
+        # The same masks serve every step: the prompt's cache is cropped back to the same length each time.
+        self.masks = self.backbone._image_span_masks(probe, full_mask, self.cache, self.position_ids, block_ids)
 
     def hidden_states(self, tokens: torch.Tensor, still_masked: torch.Tensor) -> torch.Tensor:
         """LLM states at the image positions [rows, L, H] for `tokens` [rows, L, D] (`still_masked` hidden)."""
-        if self.cache is None:  # reference path: the whole sequence again
-            out = self.backbone(
-                input_ids=torch.cat([self.prefix_ids, self.span_ids], dim=1), attention_mask=self.full_mask,
-                position_ids=torch.cat([self.prefix_positions, self.span_positions], dim=1),
-                image_tokens=tokens, image_mask=still_masked, use_cache=False,
-            )
+        image_embeds = self.backbone.image_embedder(tokens, still_masked).to(self.embed_dtype)
+        if self.cache is None:
+            out = self.backbone.forward_embedded(torch.cat([self.prefix_embeds, image_embeds], dim=1),
+                                                 attention_mask=self.masks, position_ids=self.position_ids,
+                                                 use_cache=False)
             return out.last_hidden_state[:, -self.num_tokens:]
         croppable = self.cache.is_croppable
         cache = self.cache if croppable else copy.deepcopy(self.cache)
-        out = self.backbone(
-            input_ids=self.span_ids, attention_mask=self.full_mask, position_ids=self.span_positions,
-            cache=cache, image_tokens=tokens, image_mask=still_masked, use_cache=True,
-        )
+        out = self.backbone.forward_embedded(image_embeds, attention_mask=self.masks, position_ids=self.position_ids,
+                                             cache=cache, use_cache=True)
         if croppable:  # back to the prompt prefix: the span's keys/values change at every step
             self.cache.crop(-self.num_tokens)
         return out.last_hidden_state
@@ -231,15 +272,24 @@ def generate_images(
     generator: torch.Generator | list[torch.Generator] | None = None,
     use_cache: bool = True,
     output_type: str = "pt",
+    num_images_per_prompt: int = 1,
     show_progress: bool = True,
+    progress_bar: Callable[[list[int]], Iterable[int]] | None = None,
     callback_on_step_end: StepCallback | None = None,
     token_type_ids: torch.Tensor | None = None,  # accepted (the processor may return it) and not needed
+    **unexpected,
 ):
     """
-    Generate one image per prompt row of `input_ids` (`<bos>caption<boi>`, left-padded). Returns a tensor
-    [B, C, H, W] in [0, 1] ("pt"), an array [B, H, W, C] in [0, 1] ("np"), a list of PIL images ("pil") or the
-    continuous image tokens [B, L, D] ("latent"). See `MMARForConditionalGeneration.generate`.
+    Generate `num_images_per_prompt` images per prompt row of `input_ids` (`<bos>caption<boi>`, left-padded).
+    Returns a tensor [B, C, H, W] in [0, 1] ("pt"), an array [B, H, W, C] in [0, 1] ("np"), a list of PIL images
+    ("pil") or the continuous image tokens [B, L, D] ("latent"). This function owns every default and check of image
+    generation; `MMARForConditionalGeneration.generate` documents the arguments. `progress_bar` wraps the list of
+    masked-AR steps (e.g. a `DiffusionPipeline.progress_bar`); by default a tqdm bar when `show_progress`.
     """
+    if unexpected:
+        raise ValueError(
+            f"generation_mode='image' does not take {sorted(unexpected)} (see MMARForConditionalGeneration.generate)"
+        )
     cfg = model.config
     num_tokens = cfg.tokens_per_image
     if input_ids is None:
@@ -254,20 +304,22 @@ def generate_images(
     check_float("temperature", temperature, low=0.0)
     check_choice("output_type", output_type, OUTPUT_TYPES)
     check_bool("use_cache", use_cache)
+    check_int("num_images_per_prompt", num_images_per_prompt, 1)
     check_bool("show_progress", show_progress)
+    check_callable("progress_bar", progress_bar)
     check_callable("callback_on_step_end", callback_on_step_end)
-    check_generator(generator, input_ids.shape[0])
+    batch_size = input_ids.shape[0] * num_images_per_prompt
+    check_generator(generator, batch_size)
     scheduler = MMARScheduler.from_model_config(cfg) if scheduler is None else scheduler
     check_scheduler(scheduler, cfg)
     if num_inference_steps is None:
         num_inference_steps = getattr(scheduler, "config", {}).get("default_num_inference_steps", 100)
     check_int("num_inference_steps", num_inference_steps, 1)
 
-    batch_size, device = input_ids.shape[0], model.device
+    device = model.device
     with_uncond = guidance_scale != 1.0  # s = 1 is plain conditional sampling: no unconditional rows at all
-    prefix_ids, prefix_mask = build_prompt_rows(
-        input_ids, attention_mask, negative_prompt_ids, negative_prompt_attention_mask, cfg, with_uncond
-    )
+    prefix_ids, prefix_mask = build_prompt_rows(input_ids, attention_mask, negative_prompt_ids,
+                                                negative_prompt_attention_mask, cfg, num_images_per_prompt, with_uncond)
     check_fits_positions(prefix_mask.sum(-1).max().item() + num_tokens,
                          getattr(cfg.get_text_config(), "max_position_embeddings", None), "the prompt plus its image span")
     randomness = PerImageRandomness(generator, batch_size, device)
@@ -278,8 +330,12 @@ def generate_images(
     tokens = torch.zeros(batch_size, num_tokens, cfg.token_dim, device=device)
     still_masked = torch.ones(batch_size, num_tokens, dtype=torch.bool, device=device)
     revealed = 0
-    for step, masked_after in enumerate(tqdm(cosine_masked_counts(num_tokens, num_iter), disable=not show_progress,
-                                             desc="masked-AR steps")):
+    steps = cosine_masked_counts(num_tokens, num_iter)
+    if progress_bar is None:
+        steps = tqdm(steps, disable=not show_progress, desc="masked-AR steps")
+    else:
+        steps = progress_bar(steps)
+    for step, masked_after in enumerate(steps):
         repeat = rows // batch_size  # the unconditional rows see the same partial images
         hidden = runner.hidden_states(tokens.repeat(repeat, 1, 1), still_masked.repeat(repeat, 1))
         revealed_after = num_tokens - masked_after

@@ -241,8 +241,9 @@ class MMARImageProcessor(PilBackend):
 
         Args:
             images: torch tensor or numpy array; values are un-normalised and clamped to [0, 1].
-            output_type: "pil" (list of PIL images, mode "L" or "RGB"), "np" (uint8 array [N, H, W, C]) or
-                "pt" (float tensor [N, C, H, W] in [0, 1], not quantised).
+            output_type: the output types of image generation (`model.generate`, `MMARPipeline`): "pil" (list of
+                PIL images, mode "L" or "RGB"), "np" (float32 array [N, H, W, C] in [0, 1]) or "pt" (float tensor
+                [N, C, H, W] in [0, 1]). Neither float type is quantised; PIL images are 8-bit.
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
@@ -268,9 +269,9 @@ class MMARImageProcessor(PilBackend):
         array = np.clip(array, 0.0, 1.0)
         if output_type == "pt":
             return torch.from_numpy(np.ascontiguousarray(array))
-        uint8 = np.rint(array * 255.0).astype(np.uint8).transpose(0, 2, 3, 1)  # [N, H, W, C]
         if output_type == "np":
-            return uint8
+            return np.ascontiguousarray(array.transpose(0, 2, 3, 1))  # [N, H, W, C]
+        uint8 = np.rint(array * 255.0).astype(np.uint8).transpose(0, 2, 3, 1)
         return [PIL.Image.fromarray(image[..., 0] if channels == 1 else image) for image in uint8]
 
 

@@ -247,3 +247,51 @@ def test_a_prompt_that_already_holds_an_image_span_is_rejected(model):
            cfg.eoi_token_id]
     with pytest.raises(ValueError, match="already contains an image span"):
         model.generate(input_ids=torch.tensor([row]), **FAST)
+
+
+def test_num_images_per_prompt_pairs_each_image_with_its_prompt_and_negative(model, prompts):
+    images = model.generate(**prompts, **FAST, num_images_per_prompt=2, generator=seeds(1, 2, 3, 4), output_type="pt")
+    one_by_one = [model.generate(**{k: v[row:row + 1] for k, v in prompts.items()}, **FAST, generator=seeds(seed),
+                                 output_type="pt") for row, seed in ((0, 1), (0, 2), (1, 3), (1, 4))]
+    torch.testing.assert_close(images, torch.cat(one_by_one))
+
+    negatives = image_prompts(model.config, [THREE, SEVEN])
+    steered = model.generate(**prompts, **FAST, num_images_per_prompt=2, generator=seeds(1, 2, 3, 4),
+                             negative_prompt_ids=negatives["input_ids"],
+                             negative_prompt_attention_mask=negatives["attention_mask"])
+    alone = model.generate(**{k: v[1:] for k, v in prompts.items()}, **FAST, generator=seeds(3),
+                           negative_prompt_ids=negatives["input_ids"][1:],
+                           negative_prompt_attention_mask=negatives["attention_mask"][1:])
+    torch.testing.assert_close(steered[2:3], alone)  # prompt 1's first image was steered away from its own negative
+
+
+def test_right_padded_prompts_and_prompts_without_boi_give_the_same_images(model, prompts):
+    expected = model.generate(**prompts, **FAST, generator=seeds(1, 2))
+    ids, mask = prompts["input_ids"], prompts["attention_mask"]
+    lengths = mask.sum(-1)
+    right_ids, right_mask = torch.zeros_like(ids), torch.zeros_like(mask)
+    for row, length in enumerate(lengths.tolist()):
+        right_ids[row, :length], right_mask[row, :length] = ids[row, -length:], 1
+    torch.testing.assert_close(model.generate(input_ids=right_ids, attention_mask=right_mask, **FAST,
+                                              generator=seeds(1, 2)), expected)
+    without_boi = model.generate(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], **FAST, generator=seeds(1, 2))
+    torch.testing.assert_close(without_boi, expected)
+
+
+def test_masked_ar_steps_skip_the_checked_forward(model, prompts, monkeypatch):
+    """The sampler checks its inputs once; its steps call the unchecked inner path, never `MMARModel.forward`."""
+    calls = {"forward": 0, "inner": 0}
+    inner = type(model.model).forward_embedded
+
+    def counting_inner(self, *args, **kwargs):
+        calls["inner"] += 1
+        return inner(self, *args, **kwargs)
+
+    def refuse_forward(self, *args, **kwargs):
+        calls["forward"] += 1
+        raise AssertionError("the masked-AR loop went through the checked forward")
+
+    monkeypatch.setattr(type(model.model), "forward_embedded", counting_inner)
+    monkeypatch.setattr(type(model.model), "forward", refuse_forward)
+    model.generate(**prompts, **FAST, generator=seeds(1, 2))
+    assert calls == {"forward": 0, "inner": FAST["num_iter"]}

@@ -54,11 +54,40 @@ def test_output_types_and_tuple_return(pipe):
     np.testing.assert_allclose(array[..., 0], tensor[:, 0].numpy(), atol=1e-6)
 
 
+def test_the_processor_post_processes_to_the_pipelines_output_types(pipe):
+    """One contract for output types: decoding latents and post-processing them gives what the pipeline returns."""
+    latents = pipe(PROMPTS, generator=seeds(1, 2), output_type="latent", **FAST).images
+    pixels = pipe.model.model.decode_image_tokens(latents)
+    for output_type in ("np", "pt"):
+        from_pipe = pipe(PROMPTS, generator=seeds(1, 2), output_type=output_type, **FAST).images
+        from_processor = pipe.processor.postprocess(pixels, output_type=output_type)
+        assert type(from_processor) is type(from_pipe) and from_processor.dtype == from_pipe.dtype
+        np.testing.assert_allclose(np.asarray(from_processor), np.asarray(from_pipe), atol=1e-6)
+    pil = pipe.processor.postprocess(pixels)
+    for a, b in zip(pil, pipe(PROMPTS, generator=seeds(1, 2), **FAST).images):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_progress_bar_wraps_the_masked_ar_steps(pipe):
+    wrapped = []
+
+    def progress_bar(steps):
+        wrapped.append(len(steps))
+        return steps
+
+    pipe.model.generate(**pipe.processor(text=PROMPTS, generation_mode="image"), generation_mode="image",
+                        progress_bar=progress_bar, **FAST)
+    assert wrapped == [FAST["num_iter"]]
+
+
 def test_negative_prompt_and_images_per_prompt(pipe):
     plain = pipe(PROMPTS, generator=seeds(1, 2), output_type="latent", **FAST).images
     negative = pipe(PROMPTS, negative_prompt="a blurry scribble", generator=seeds(1, 2), output_type="latent",
                     **FAST).images
     assert (plain - negative).abs().max() > 1e-3
+    per_prompt = pipe(PROMPTS, negative_prompt=["a blurry scribble"] * 2, generator=seeds(1, 2),
+                      output_type="latent", **FAST).images
+    torch.testing.assert_close(per_prompt, negative)  # one negative for all = the same one per prompt
     with pytest.raises(ValueError, match="negative_prompt"):
         pipe(PROMPTS, negative_prompt=["a", "b", "c"], **FAST)
 

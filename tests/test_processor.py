@@ -152,8 +152,9 @@ def test_decoding_drops_image_tokens(processor, digits):
 
 def test_postprocess_inverts_the_image_processor(processor, digits):
     images = digit_images(digits, 3)
-    restored = processor.postprocess(processor(images=images)["pixel_values"], output_type="np")[..., 0]
-    np.testing.assert_array_equal(restored, np.stack([np.asarray(image) for image in images]))
+    restored = processor.postprocess(processor(images=images)["pixel_values"])
+    np.testing.assert_array_equal(np.stack([np.asarray(image) for image in restored]),
+                                  np.stack([np.asarray(image) for image in images]))
 
 
 def test_save_and_load_round_trip(processor, tmp_path, digits):
