@@ -24,7 +24,7 @@ class MMARGenerationMixin(GenerationMixin):
     def generate(self, inputs=None, generation_config=None, *args, generation_mode: str = "text", **kwargs):
         r"""
         Text mode takes every `GenerationMixin.generate` argument (`max_new_tokens`, `num_beams`, `do_sample`,
-        `cache_implementation`, ...) plus `pixel_values` for the prompt's `<image>` spans. The image special tokens
+        `cache_implementation`, ...) plus `pixel_values` for the prompt's image spans. The image special tokens
         (`<boi>`, `<img>`, `<eoi>`) are never generated in text mode.
 
         Image mode (`generation_mode="image"`) returns one image per prompt and takes:

@@ -52,7 +52,7 @@ def check_image_spans(input_ids: torch.Tensor, image_token_id: int, tokens_per_i
         raise ValueError(
             f"Every image span in input_ids must hold exactly tokens_per_image={tokens_per_image} image tokens "
             f"(id {image_token_id}); found spans of lengths {sorted(set(lengths.tolist()))}. Build inputs with "
-            "MMARProcessor so that each <image> expands to the right number of tokens."
+            "MMARProcessor so that each image token expands to the right number of tokens."
         )
     return total // tokens_per_image
 

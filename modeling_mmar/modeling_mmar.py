@@ -17,13 +17,7 @@ from .configuration_mmar import MMARConfig
 from .diffusion_head_mmar import MMARDiffusionHead
 from .embedder_mmar import MMARImageEmbedder
 from .generation_mmar import MMARGenerationMixin
-from .input_checks_mmar import (
-    check_labels,
-    check_sequence,
-    embedding_rows,
-    resolve_pretrained_path,
-    shareable_permissions,
-)
+from .input_checks_mmar import check_labels, check_sequence, embedding_rows, resolve_pretrained_path, shareable_permissions
 if TYPE_CHECKING:  # never run: diffusers copies only the modules a remote-code file names itself
     from .sampling_mmar import generate_images  # noqa: F401
 from .image_tokens_mmar import (
@@ -94,7 +88,6 @@ REMOTE_CODE_AUTO_MAP = {
     "AutoModelForImageTextToText": "modeling_mmar.MMARForConditionalGeneration",
     "AutoModelForCausalLM": "modeling_mmar.MMARForConditionalGeneration",
 }
-
 
 
 class MMARPreTrainedModel(PreTrainedModel):
@@ -301,7 +294,7 @@ class MMARModel(MMARPreTrainedModel):
                 if image_tokens.shape[0] != num_spans:
                     raise ValueError(
                         f"Got {image_tokens.shape[0]} image(s) but input_ids holds {num_spans} image span(s); "
-                        "pass exactly one image per <image> placeholder"
+                        "pass exactly one image per image token of the processor's text"
                     )
                 if image_mask is not None:
                     check_image_mask(image_mask, num_spans, cfg.tokens_per_image)
@@ -359,24 +352,24 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
     def from_text_model(cls, text_model_or_path, vae=None, tokenizer=None, image_size=None, patch_size=None,
                         num_channels=None, dtype=None, **config_kwargs):
         r"""
-        Wrap a pretrained causal LM (weights kept exactly) into a new MMAR model; returns `(model, processor)`.
+        A new MMAR model around a pretrained causal LM, whose weights are kept exactly.
 
         Args:
-            text_model_or_path: an `AutoModelForCausalLM` model, or its local path / Hub id.
+            text_model_or_path: an `AutoModelForCausalLM` model, or its local path / Hub id. The embeddings grow by
+                the image tokens `<boi>`, `<img>`, `<eoi>` its tokenizer lacks.
             vae: `None` (pixel-patch tokens), a diffusers `AutoencoderKL` or its path (a pipeline folder's `vae/`
                 works too); its weights and scaling/shift factors are kept.
-            tokenizer: the LLM's tokenizer or its path (default: the text model's path). A copy gets the image
-                tokens `<image>`, `<boi>`, `<img>`, `<eoi>`; embeddings are resized when the vocabulary grows.
+            tokenizer: the LLM's tokenizer or its path (default: the text model's path), left unchanged.
             image_size, patch_size, num_channels: image geometry (default: the VAE's, else MMARConfig's).
             dtype: dtype of the new model (default: the text model's; the VAE stays float32).
             **config_kwargs: any other `MMARConfig` field (head_width, embedder_depth, ...).
 
         ```python
-        model, processor = MMARForConditionalGeneration.from_text_model("Qwen/Qwen2-0.5B", vae="path/to/kl16",
-                                                                        image_size=256, patch_size=1)
+        model = MMARForConditionalGeneration.from_text_model("Qwen/Qwen2-0.5B", vae="path/to/kl16", image_size=256)
+        processor = MMARProcessor.from_text_model("Qwen/Qwen2-0.5B", model.config)  # the tokenizer + image tokens
         ```
         """
-        from .builder_mmar import from_text_model
+        from .convert_text_model_to_mmar import from_text_model
 
         return from_text_model(cls, text_model_or_path, vae=vae, tokenizer=tokenizer, image_size=image_size,
                                patch_size=patch_size, num_channels=num_channels, dtype=dtype, **config_kwargs)

@@ -1,10 +1,12 @@
 """MMARProcessor: images + text -> `input_ids`, `attention_mask`, `pixel_values` for MMAR, and decoding back.
 
 Sequence conventions (shared with the training collator and the image sampler):
-- `<image>` in text becomes `<boi>` + `<img>` x num_image_tokens + `<eoi>`; the span is filled from `pixel_values`.
+- `processor.image_token` (`<img>`, the token `config.image_token_id` names, as in Janus and Llava) is written
+  once per image in text and becomes `<boi>` + `<img>` x num_image_tokens + `<eoi>`; the span is filled from
+  `pixel_values`. Tokenizers that hold the older placeholder `<image>` (the embedded default's id 3) accept it too.
 - The tokenizer's bos token (if it has one) is prepended unless the text already starts with it; the tokenizer
   itself adds no special tokens.
-- understanding: `<bos><image>What digit is this? seven<eos>`; generation: `<bos>a handwritten seven<image><eos>`.
+- understanding: `<bos><img>What digit is this? seven<eos>`; generation: `<bos>a handwritten seven<img><eos>`.
 - `generation_mode="image"` builds image-generation prompts `<bos>caption<boi>`, left-padded (the sampler appends
   the image span); the unconditional prompt of classifier-free guidance is the empty caption, `<bos><boi>`.
 - Batches are padded on the left by default (`padding_side="right"` per call, or on the tokenizer, to change it),
@@ -13,17 +15,18 @@ Sequence conventions (shared with the training collator and the image sampler):
 
 from __future__ import annotations
 
+import copy
 import os
 
 import numpy as np
-from transformers import BatchFeature, ProcessorMixin
+from transformers import AutoTokenizer, BatchFeature, ProcessorMixin
 
 from .image_processing_mmar import MMARImageProcessor
-from .tokenization_mmar import add_image_tokens
+from .tokenization_mmar import LEGACY_IMAGE_PLACEHOLDER, add_image_tokens
 
 GENERATION_MODES = ("text", "image")
 
-# Renders the conversations in the plain sequence layout above. An assistant image turn is `<image>` (the processor
+# Renders the conversations in the plain sequence layout above. An assistant image turn is `<img>` (the processor
 # expands it); `add_generation_prompt` adds nothing for a text answer (the model continues after the question, its
 # answer starts with a space) and `<boi>` for an image (`generation_mode="image"`). `{% generation %}` marks what
 # the assistant writes, for `return_assistant_tokens_mask=True`.
@@ -62,19 +65,23 @@ class MMARProcessor(ProcessorMixin):
 
     Args:
         image_processor (`MMARImageProcessor`): Turns images into `pixel_values` [N, C, H, W] in [-1, 1].
-        tokenizer (`PreTrainedTokenizerBase`): e.g. `build_tokenizer(corpus)`, or Qwen2's after
-            `add_image_tokens(tokenizer)`.
+        tokenizer (`PreTrainedTokenizerBase`): e.g. `build_tokenizer(corpus)`, or a pretrained LLM's after
+            `add_image_tokens(tokenizer)` (`MMARProcessor.from_text_model` does both steps).
         chat_template (`str`, *optional*): Jinja template (default: `DEFAULT_CHAT_TEMPLATE`).
-        num_image_tokens (`int`): `<img>` tokens per image, MMARConfig.tokens_per_image; prefer
-            `MMARProcessor.from_model_config(config, tokenizer)`, which reads it from the config.
-        image_token, boi_token, img_token, eoi_token (`str`): The placeholder written in text and the span tokens.
+        num_image_tokens (`int`, *optional*, defaults to 16): `<img>` tokens per image, MMARConfig.tokens_per_image;
+            prefer `MMARProcessor.from_model_config(config, tokenizer)`, which reads it from the config.
+        image_token (`str`, *optional*, defaults to `"<img>"`): The image token: written once per image in text,
+            repeated num_image_tokens times in `input_ids`.
+        boi_token, eoi_token (`str`, *optional*, defaults to `"<boi>"`, `"<eoi>"`): Begin and end of an image span.
+        img_token (`str`, *optional*): Only in folders saved before the image token got one name (their
+            `image_token` was the `<image>` placeholder); it then becomes the image token.
 
-    Attributes: `image_token` ("<image>", the placeholder), `image_token_id` (id of `<img>`: MMARConfig.image_token_id),
-    `boi_token_id`, `eoi_token_id`, `image_placeholder_id` (id of `<image>`), `num_image_tokens`.
+    Attributes: `image_token` / `image_token_id` (`<img>`, MMARConfig.image_token_id), `boi_token(_id)`,
+    `eoi_token(_id)`, `num_image_tokens`, `image_span` (the text an image becomes).
 
     ```python
     processor = MMARProcessor.from_model_config(config, build_tokenizer(digits_corpus()))
-    batch = processor(images=image, text="<image>What digit is this?")   # input_ids, attention_mask, pixel_values
+    batch = processor(images=image, text=f"{processor.image_token}What digit is this?")  # + pixel_values
     prompts = processor(text=["a handwritten seven", ""], generation_mode="image")  # `<bos>caption<boi>`, left-padded
     ```
     """
@@ -90,25 +97,31 @@ class MMARProcessor(ProcessorMixin):
         tokenizer=None,
         chat_template=None,
         num_image_tokens: int = 16,
-        image_token: str = "<image>",
+        image_token: str = "<img>",
         boi_token: str = "<boi>",
-        img_token: str = "<img>",
         eoi_token: str = "<eoi>",
+        img_token: str | None = None,
         **kwargs,
     ):
         if tokenizer is None or image_processor is None:
             raise ValueError("MMARProcessor needs both an image_processor and a tokenizer")
         if not isinstance(num_image_tokens, int) or isinstance(num_image_tokens, bool) or num_image_tokens < 1:
             raise ValueError(f"MMARProcessor num_image_tokens must be a positive integer, got {num_image_tokens!r}")
+        if img_token is not None:  # a folder of the two-name layout: its `image_token` was the placeholder
+            image_token = img_token
         self.num_image_tokens = num_image_tokens
-        self.image_token, self.boi_token, self.img_token, self.eoi_token = image_token, boi_token, img_token, eoi_token
-        tokens = (image_token, boi_token, img_token, eoi_token)
-        ids = {token: self._special_token_id(tokenizer, token) for token in tokens}
-        if len(set(ids.values())) != 4:
+        self.image_token, self.boi_token, self.eoi_token = image_token, boi_token, eoi_token
+        ids = {token: self._special_token_id(tokenizer, token) for token in (image_token, boi_token, eoi_token)}
+        if len(set(ids.values())) != 3:
             raise ValueError(f"The image special tokens must have distinct ids, got {ids}")
-        self.image_placeholder_id = ids[image_token]
-        self.boi_token_id, self.image_token_id, self.eoi_token_id = ids[boi_token], ids[img_token], ids[eoi_token]
-        self.image_span = boi_token + img_token * num_image_tokens + eoi_token
+        self.boi_token_id, self.image_token_id, self.eoi_token_id = ids[boi_token], ids[image_token], ids[eoi_token]
+        self.image_span = boi_token + image_token * num_image_tokens + eoi_token
+        # The embedded default's vocabulary keeps the older placeholder at id 3 (so that every saved model keeps its
+        # ids): text written with it is read as the image token.
+        legacy = LEGACY_IMAGE_PLACEHOLDER
+        legacy_id = tokenizer.get_vocab().get(legacy)
+        is_added_token = legacy_id is not None and legacy_id in tokenizer.added_tokens_decoder
+        self.legacy_image_placeholder = legacy if legacy != image_token and is_added_token else None
         super().__init__(
             image_processor,
             tokenizer,
@@ -146,6 +159,34 @@ class MMARProcessor(ProcessorMixin):
         return add_image_tokens(tokenizer)
 
     @classmethod
+    def from_text_model(cls, tokenizer, config, chat_template: str | None = None, **image_processor_kwargs):
+        """The processor of a model built by `MMARForConditionalGeneration.from_text_model(...)`: the pretrained
+        LLM's tokenizer with a pad token (eos, when it has none) and the image tokens, as that builder laid them out.
+
+        Args:
+            tokenizer: the LLM's tokenizer, or its local path / Hub id (the text model's path works). A tokenizer
+                object is copied: the caller's keeps its vocabulary.
+            config: the new model's `MMARConfig` (image geometry, tokens per image, the image token ids).
+
+        ```python
+        model = MMARForConditionalGeneration.from_text_model("HuggingFaceTB/SmolLM2-135M-Instruct", image_size=28)
+        processor = MMARProcessor.from_text_model("HuggingFaceTB/SmolLM2-135M-Instruct", model.config)
+        ```
+        """
+        if isinstance(tokenizer, (str, os.PathLike)):
+            tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer))
+        elif callable(getattr(tokenizer, "convert_tokens_to_ids", None)):
+            tokenizer = copy.deepcopy(tokenizer)
+        else:
+            raise ValueError(f"tokenizer must be a transformers tokenizer or its path, got {type(tokenizer).__name__}")
+        if tokenizer.pad_token is None:  # e.g. Llama: batches need padding; eos is the usual stand-in
+            if tokenizer.eos_token is None:
+                raise ValueError("The tokenizer has neither a pad nor an eos token; set tokenizer.pad_token first")
+            tokenizer.pad_token = tokenizer.eos_token
+        add_image_tokens(tokenizer)
+        return cls.from_model_config(config, tokenizer, chat_template=chat_template, **image_processor_kwargs)
+
+    @classmethod
     def from_model_config(cls, config, tokenizer, chat_template: str | None = None, **image_processor_kwargs):
         """Build the processor an MMAR model expects: image size, channels and tokens per image come from `config`.
 
@@ -180,10 +221,10 @@ class MMARProcessor(ProcessorMixin):
     def __call__(self, images=None, text=None, generation_mode: str = "text", **kwargs) -> BatchFeature:
         r"""
         Args:
-            images: one image or a list (see `MMARImageProcessor`); one per `<image>` in `text`, in order.
-            text (`str` or `list[str]`): samples; each `<image>` is expanded to the image's token span.
+            images: one image or a list (see `MMARImageProcessor`); one per `processor.image_token` in `text`.
+            text (`str` or `list[str]`): samples; each image token is expanded to the image's token span.
             generation_mode (`str`): "text" (default), or "image" for image-generation prompts `<bos>text<boi>`,
-                left-padded; no images and no `<image>` allowed then.
+                left-padded; no images and no image token allowed then.
             **kwargs: tokenizer / image-processor options (`padding`, `padding_side`, `truncation`, `max_length`,
                 `return_tensors` (default "pt"), ...). Truncation never cuts an image span: the call fails instead.
 
@@ -196,6 +237,8 @@ class MMARProcessor(ProcessorMixin):
             texts = [text] if isinstance(text, str) else text
             if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
                 raise ValueError("text must be a string or a non-empty list of strings")
+            if self.legacy_image_placeholder is not None:
+                texts = [t.replace(self.legacy_image_placeholder, self.image_token) for t in texts]
             if generation_mode == "image":
                 texts = self._image_generation_prompts(texts, images)
                 kwargs["padding_side"] = "left"  # every prompt ends at the same position, where the span starts
@@ -217,7 +260,7 @@ class MMARProcessor(ProcessorMixin):
         prompts = []
         for index, prompt in enumerate(texts):
             body = prompt[: -len(self.boi_token)] if prompt.endswith(self.boi_token) else prompt
-            for token in (self.image_token, self.boi_token, self.img_token, self.eoi_token):
+            for token in (self.image_token, self.boi_token, self.eoi_token):
                 if token in body:
                     raise ValueError(
                         f"Image-generation prompt {index} contains {token!r}; generation_mode='image' prompts are "
@@ -238,7 +281,7 @@ class MMARProcessor(ProcessorMixin):
                 )
 
     def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
-        """One image per `<image>` placeholder, over the whole batch, in order."""
+        """One image per image token in the text, over the whole batch, in order."""
         if images is None and text is None:
             raise ValueError("MMARProcessor needs text, images, or both")
         num_images = len(self.image_processor.make_image_list(images)) if images is not None else 0
@@ -247,7 +290,7 @@ class MMARProcessor(ProcessorMixin):
         placeholders = [sample.count(self.image_token) for sample in text]
         if sum(placeholders) != num_images:
             raise ValueError(
-                f"The text holds {sum(placeholders)} {self.image_token} placeholders (per sample: {placeholders}) but "
+                f"The text holds {sum(placeholders)} {self.image_token} tokens (per sample: {placeholders}) but "
                 f"{num_images} images were given; pass exactly one image per {self.image_token}, in order"
             )
 
@@ -310,36 +353,8 @@ class MMARProcessor(ProcessorMixin):
         )
 
     # ------------------------------------------------------------------ decoding
-    @property
-    def ignored_token_ids(self) -> set[int]:
-        """Ids that decoding always drops: the image span tokens, the placeholder and padding."""
-        ids = {self.boi_token_id, self.image_token_id, self.eoi_token_id, self.image_placeholder_id}
-        pad = self.tokenizer.pad_token_id
-        if pad is not None and pad not in (self.tokenizer.eos_token_id, self.tokenizer.bos_token_id):
-            ids.add(pad)
-        return ids
-
-    def _drop_image_tokens(self, token_ids: list[int]) -> list[int]:
-        ignored = self.ignored_token_ids
-        return [token for token in token_ids if token not in ignored]
-
-    def decode(self, token_ids, **kwargs) -> str:
-        """Decode one sequence without its image spans and padding (`skip_special_tokens` drops bos/eos too)."""
-        sequences, batched = _as_token_lists(token_ids)
-        if batched:
-            raise ValueError("decode takes one sequence; use batch_decode for a batch")
-        return self.tokenizer.decode(self._drop_image_tokens(sequences[0]), **kwargs)
-
-    def batch_decode(self, sequences, **kwargs) -> list[str]:
-        """Decode a batch ([N, L] tensor/array or list of sequences) without image spans and padding."""
-        sequences, _ = _as_token_lists(sequences)
-        return [self.tokenizer.decode(self._drop_image_tokens(ids), **kwargs) for ids in sequences]
-
-    def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens: bool = True, **kwargs):
-        """`model.generate` output -> text: a list of strings for a batch, a string for one sequence."""
-        sequences, batched = _as_token_lists(generated_outputs)
-        texts = self.batch_decode(sequences, skip_special_tokens=skip_special_tokens, **kwargs)
-        return texts if batched else texts[0]
+    # `decode`, `batch_decode` and `post_process_image_text_to_text` are ProcessorMixin's: the image tokens are
+    # special tokens of the tokenizer, so `skip_special_tokens=True` drops them with bos, eos and padding.
 
     def postprocess(self, images, output_type: str = "pil"):
         """Generated `pixel_values` [N, C, H, W] -> images (see `MMARImageProcessor.postprocess`)."""

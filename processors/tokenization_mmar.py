@@ -4,7 +4,9 @@ Special tokens come first, in a fixed order, so that their ids equal MMARConfig'
 `<pad>`=0 `<bos>`=1 `<eos>`=2 `<image>`=3 `<boi>`=4 `<img>`=5 `<eoi>`=6 `<unk>`=7, then the corpus' words
 (lower-cased words and punctuation, most frequent first, ties alphabetical: the same corpus gives the same ids).
 
-`<image>` is the placeholder users write in text; the processor expands it to `<boi>` + `<img>` x N + `<eoi>`.
+`<img>` is the image token: written once per image in text, the processor expands it to `<boi>` + `<img>` x N +
+`<eoi>`. `<image>` (id 3) is the placeholder of the older two-name layout, kept so that every saved default model
+keeps its ids; the processor reads it as `<img>`.
 """
 
 from __future__ import annotations
@@ -15,14 +17,14 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN = "<pad>", "<bos>", "<eos>", "<unk>"
+LEGACY_IMAGE_PLACEHOLDER = "<image>"
 # Named image tokens: attribute name on the tokenizer -> token text (`tokenizer.boi_token`, `tokenizer.boi_token_id`).
 IMAGE_SPECIAL_TOKENS = {
-    "image_token": "<image>",  # placeholder in text, one per image
     "boi_token": "<boi>",  # begin of image span
-    "img_token": "<img>",  # one continuous image token (the span holds tokens_per_image of them)
+    "image_token": "<img>",  # one continuous image token (the span holds tokens_per_image of them)
     "eoi_token": "<eoi>",  # end of image span
 }
-SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, *IMAGE_SPECIAL_TOKENS.values(), UNK_TOKEN)
+SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, LEGACY_IMAGE_PLACEHOLDER, *IMAGE_SPECIAL_TOKENS.values(), UNK_TOKEN)
 
 
 def build_tokenizer(corpus: Iterable[str], vocab_size: int | None = None) -> PreTrainedTokenizerFast:
@@ -35,7 +37,7 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int | None = None) -> Pre
 
     Returns:
         A `PreTrainedTokenizerFast` that adds no special tokens itself (the processor writes `<bos>`), decodes words
-        separated by spaces with no space before punctuation, and has `image_token`, `boi_token`, `img_token`,
+        separated by spaces with no space before punctuation, and has `image_token` (`<img>`), `boi_token`,
         `eoi_token` (and their `_id`s) as named special tokens. `save_pretrained` writes `tokenizer.json`.
     """
     texts = [corpus] if isinstance(corpus, str) else list(corpus)
@@ -62,7 +64,7 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int | None = None) -> Pre
         bos_token=BOS_TOKEN,
         eos_token=EOS_TOKEN,
         unk_token=UNK_TOKEN,
-        extra_special_tokens=dict(IMAGE_SPECIAL_TOKENS),
+        extra_special_tokens={**IMAGE_SPECIAL_TOKENS, "legacy_image_placeholder": LEGACY_IMAGE_PLACEHOLDER},
         model_input_names=["input_ids", "attention_mask"],
         padding_side="left",  # batched generation; the training collator pads right itself
     )
@@ -77,7 +79,7 @@ def add_image_tokens(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
     """Add the image special tokens to any HF tokenizer (e.g. Qwen2's) that lacks them; return their ids by name.
 
     Tokens already in the vocabulary keep their ids. Afterwards resize the model's embeddings to `len(tokenizer)` and
-    write the ids into the model config (`boi_token_id`, `image_token_id` = the `<img>` id, `eoi_token_id`).
+    write the ids into the model config (`boi_token_id`, `image_token_id`, `eoi_token_id`).
     """
     vocab = tokenizer.get_vocab()
     missing = [token for token in IMAGE_SPECIAL_TOKENS.values() if token not in vocab]
@@ -86,4 +88,4 @@ def add_image_tokens(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
     return {name: tokenizer.convert_tokens_to_ids(token) for name, token in IMAGE_SPECIAL_TOKENS.items()}
 
 
-__all__ = ["IMAGE_SPECIAL_TOKENS", "SPECIAL_TOKENS", "add_image_tokens", "build_tokenizer"]
+__all__ = ["IMAGE_SPECIAL_TOKENS", "LEGACY_IMAGE_PLACEHOLDER", "SPECIAL_TOKENS", "add_image_tokens", "build_tokenizer"]

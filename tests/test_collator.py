@@ -71,10 +71,10 @@ def test_sequences_follow_the_shared_conventions(processor, rows):
         real = batch["input_ids"][row][batch["attention_mask"][row] == 1].tolist()
         text = tokens(real)
         assert text[0] == "<bos>" and text[-1] == "<eos>"
-        if plan.understanding:  # <bos><image>What digit is this? seven<eos>
+        if plan.understanding:  # <bos><img>What digit is this? seven<eos>
             assert text[1] == "<boi>" and text[L + 2] == "<eoi>"
             assert text[L + 3 : -1] == ["what", "digit", "is", "this", "?", rows[row]["answer"]]
-        else:  # <bos>a handwritten seven<image><eos>
+        else:  # <bos>a handwritten seven<img><eos>
             caption = processor.tokenizer.tokenize(rows[row]["caption"])
             assert text[1 : 1 + len(caption)] == caption
             assert text[1 + len(caption)] == "<boi>" and text[-2] == "<eoi>"
@@ -206,7 +206,7 @@ def test_bad_settings_are_rejected(processor):
     with pytest.raises(ValueError, match="mask_ratio_min"):
         MMARDataCollator(processor, L, mask_ratio_min=-0.1)
     with pytest.raises(ValueError, match="tokens_per_image"):
-        MMARDataCollator(processor, 64)  # the processor expands <image> to 16 tokens
+        MMARDataCollator(processor, 64)  # the processor expands <img> to 16 tokens
 
 
 def test_the_collator_owns_the_two_stage_policy(processor):

@@ -11,10 +11,10 @@ from diffusers import AutoencoderKL
 from tiny_backbones import build_bpe_tokenizer, build_text_model, save_backbone
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
-import processors  # noqa: F401  (registers MMARProcessor with AutoProcessor, as users import it)
 from modeling_mmar import MMARForConditionalGeneration
+from processors import MMARProcessor, build_tokenizer
 
-IMAGE_TOKENS = ("<image>", "<boi>", "<img>", "<eoi>")
+IMAGE_TOKENS = ("<boi>", "<img>", "<eoi>")
 
 
 def backbone_key(key: str) -> str:
@@ -28,14 +28,16 @@ def test_wraps_a_saved_backbone_with_its_weights_kept_exactly(style, tmp_path, d
     text_model = AutoModelForCausalLM.from_pretrained(path)
     original_tokenizer = AutoTokenizer.from_pretrained(path)
 
-    model, processor = MMARForConditionalGeneration.from_text_model(path, image_size=8, patch_size=2, num_channels=1)
+    model = MMARForConditionalGeneration.from_text_model(path, image_size=8, patch_size=2, num_channels=1)
+    processor = MMARProcessor.from_text_model(path, model.config)
 
-    # The tokenizer grew by the four image tokens; the embeddings were resized to it; the config holds their ids.
+    # The tokenizer grew by the three image tokens; the embeddings were resized to it; the config holds their ids.
     tokenizer = processor.tokenizer
-    assert len(tokenizer) == len(original_tokenizer) + 4 == model.config.text_config.vocab_size
+    assert len(tokenizer) == len(original_tokenizer) + 3 == model.config.text_config.vocab_size
     ids = tokenizer.convert_tokens_to_ids(list(IMAGE_TOKENS))
-    assert ids == list(range(len(original_tokenizer), len(original_tokenizer) + 4))
-    assert (model.config.boi_token_id, model.config.image_token_id, model.config.eoi_token_id) == tuple(ids[1:])
+    assert ids == list(range(len(original_tokenizer), len(original_tokenizer) + 3))
+    assert (model.config.boi_token_id, model.config.image_token_id, model.config.eoi_token_id) == tuple(ids)
+    assert processor.image_token == "<img>" and processor.image_token_id == model.config.image_token_id
     assert all(token in tokenizer.all_special_tokens for token in IMAGE_TOKENS)
     assert tokenizer.pad_token is not None  # Llama has none: eos stands in
 
@@ -58,7 +60,8 @@ def test_wraps_a_saved_backbone_with_its_weights_kept_exactly(style, tmp_path, d
     # The processor builds MMAR sequences with the new tokens, and the model trains on them: both losses.
     images, _ = digits
     pixel_values = digits_to_pixel_values(images[:2])
-    batch = processor(text=["<image>What digit is this? zero", "a handwritten one<image>"],
+    image = processor.image_token
+    batch = processor(text=[f"{image}What digit is this? zero", f"a handwritten one{image}"],
                       images=list(pixel_values.add(1).div(2)), return_tensors="pt", padding=True)
     assert (batch["input_ids"] == model.config.image_token_id).sum() == 2 * model.config.tokens_per_image
     image_mask = torch.zeros(2, model.config.tokens_per_image, dtype=torch.bool)
@@ -74,8 +77,9 @@ def test_model_object_with_pretrained_vae_and_config_overrides():
     torch.manual_seed(1)
     vae = AutoencoderKL(**TINY_VAE, scaling_factor=0.5, shift_factor=0.1)
 
-    model, processor = MMARForConditionalGeneration.from_text_model(
+    model = MMARForConditionalGeneration.from_text_model(
         text_model, vae=vae, tokenizer=tokenizer, head_width=32, embedder_depth=1, dtype=torch.float32)
+    processor = MMARProcessor.from_text_model(tokenizer, model.config)
 
     # Geometry and latent statistics come from the VAE; its weights are kept; other fields pass through.
     config = model.config
@@ -85,14 +89,15 @@ def test_model_object_with_pretrained_vae_and_config_overrides():
     for key, value in vae.state_dict().items():
         assert torch.equal(model.model.vae.state_dict()[key], value), key
     assert not any(p.requires_grad for p in model.model.vae.parameters())
-    # The caller's tokenizer is left untouched (the processor holds an extended copy).
+    # The caller's tokenizer is left untouched by both (the processor holds an extended copy).
     assert "<img>" not in tokenizer.get_vocab() and "<img>" in processor.tokenizer.get_vocab()
     assert processor.num_image_tokens == config.tokens_per_image == 4
 
 
 def test_saved_model_reloads_through_auto_classes(tmp_path):
     path = save_backbone("qwen2", tmp_path / "qwen2")
-    model, processor = MMARForConditionalGeneration.from_text_model(path)
+    model = MMARForConditionalGeneration.from_text_model(path)
+    processor = MMARProcessor.from_text_model(path, model.config)
     model.save_pretrained(tmp_path / "mmar")
     processor.save_pretrained(tmp_path / "mmar")
 
@@ -120,11 +125,21 @@ def test_bad_inputs_are_named(tmp_path):
         MMARForConditionalGeneration.from_text_model(text_model, tokenizer=tokenizer, image_size=8, patch_size=3)
 
 
-def test_without_the_processors_package_imported_the_error_says_what_to_import():
-    """modeling_mmar (the remote-code folder) finds MMARProcessor through AutoProcessor's registry, never by import."""
-    code = ("import modeling_mmar\n"
-            "modeling_mmar.MMARForConditionalGeneration.from_text_model('unused')\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+def test_the_model_side_needs_nothing_outside_its_remote_code_folder(tmp_path):
+    """modeling_mmar (the remote-code folder) converts a text model without the processors package."""
+    path = save_backbone("qwen2", tmp_path / "qwen2")
+    code = ("import sys, modeling_mmar\n"
+            f"model = modeling_mmar.MMARForConditionalGeneration.from_text_model({str(path)!r})\n"
+            "assert not any(name.startswith('processors') for name in sys.modules), 'imported processors'\n"
+            "print(model.config.image_token_id)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert result.returncode != 0
-    assert "ImportError: from_text_model builds the processor too: `import processors`" in result.stderr
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_processor_for_a_different_tokenizer_is_refused(tmp_path):
+    model = MMARForConditionalGeneration.from_text_model(save_backbone("qwen2", tmp_path / "qwen2"))
+    with pytest.raises(ValueError, match="boi_token_id|image_token_id|vocab_size"):
+        MMARProcessor.from_text_model(build_tokenizer(["a handwritten seven"]), model.config)  # ids 4..6
+    with pytest.raises(ValueError, match="tokenizer must be"):
+        MMARProcessor.from_text_model(42, model.config)

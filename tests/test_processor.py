@@ -1,5 +1,7 @@
 """MMARProcessor: image spans, sequence conventions, chat template, decoding, save / load, any HF fast tokenizer."""
 
+import json
+
 import numpy as np
 import PIL.Image
 import pytest
@@ -48,7 +50,7 @@ def test_from_model_config_reads_the_token_geometry(tokenizer):
 
 
 def test_understanding_sample_layout(processor, tokenizer, digits):
-    batch = processor(images=digit_images(digits, 1), text=f"<image>{QUESTION}")
+    batch = processor(images=digit_images(digits, 1), text=f"<img>{QUESTION}")
     L = processor.num_image_tokens
     expected = [1, 4, *[5] * L, 6, *ids_of(tokenizer, QUESTION)]
     assert batch["input_ids"].tolist() == [expected]
@@ -61,12 +63,12 @@ def test_model_forward_accepts_processor_output(processor, digits):
     config = tiny_config()
     torch.manual_seed(0)
     model = MMARForConditionalGeneration(config).eval()
-    batch = processor(images=digit_images(digits, 1), text=f"<image>{QUESTION}")
+    batch = processor(images=digit_images(digits, 1), text=f"<img>{QUESTION}")
     with torch.no_grad():
         out = model(**batch)
     assert out.logits.shape == (1, batch["input_ids"].shape[1], config.text_config.vocab_size)
     # A training batch mixing both directions, right-padded, with labels on the answer.
-    texts = [f"<image>{QUESTION} seven<eos>", "a handwritten seven<image><eos>"]
+    texts = [f"<img>{QUESTION} seven<eos>", "a handwritten seven<img><eos>"]
     batch = processor(images=digit_images(digits, 2), text=texts, padding_side="right")
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     labels[labels == processor.image_token_id] = -100
@@ -77,7 +79,7 @@ def test_model_forward_accepts_processor_output(processor, digits):
 
 
 def test_padding_sides(processor, digits):
-    texts = [f"<image>{QUESTION}", "<image>"]
+    texts = [f"<img>{QUESTION}", "<img>"]
     left = processor(images=digit_images(digits, 2), text=texts)  # the default: ready for batched generation
     right = processor(images=digit_images(digits, 2), text=texts, padding_side="right")
     assert right["attention_mask"][1].tolist()[-1] == 0 and left["attention_mask"][1].tolist()[0] == 0
@@ -107,10 +109,10 @@ def test_chat_template_understanding(processor, digits):
     image = digit_images(digits, 1)[0]
     user = {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": QUESTION}]}
     answer = {"role": "assistant", "content": "seven"}
-    assert processor.apply_chat_template([user, answer]) == f"<bos><image>{QUESTION} seven<eos>"
-    assert processor.apply_chat_template([user], add_generation_prompt=True) == f"<bos><image>{QUESTION}"
+    assert processor.apply_chat_template([user, answer]) == f"<bos><img>{QUESTION} seven<eos>"
+    assert processor.apply_chat_template([user], add_generation_prompt=True) == f"<bos><img>{QUESTION}"
     prompt = processor.apply_chat_template([user], add_generation_prompt=True, tokenize=True, return_dict=True)
-    direct = processor(images=[image], text=f"<image>{QUESTION}")
+    direct = processor(images=[image], text=f"<img>{QUESTION}")
     assert set(prompt) == {"input_ids", "attention_mask", "pixel_values"}
     torch.testing.assert_close(prompt["input_ids"], direct["input_ids"])
     torch.testing.assert_close(prompt["pixel_values"], direct["pixel_values"])
@@ -125,7 +127,7 @@ def test_chat_template_generation(processor, digits):
     image = digit_images(digits, 1)[0]
     user = {"role": "user", "content": [{"type": "text", "text": "a handwritten seven"}]}
     drawn = {"role": "assistant", "content": [{"type": "image", "image": image}]}
-    assert processor.apply_chat_template([user, drawn]) == "<bos>a handwritten seven<image><eos>"
+    assert processor.apply_chat_template([user, drawn]) == "<bos>a handwritten seven<img><eos>"
     rendered = processor.apply_chat_template([user], add_generation_prompt=True, generation_mode="image")
     assert rendered == "<bos>a handwritten seven<boi>"
     batch = processor.apply_chat_template(
@@ -136,18 +138,34 @@ def test_chat_template_generation(processor, digits):
         batch["input_ids"], processor(text=["a handwritten seven", ""], generation_mode="image")["input_ids"]
     )
     sample = processor.apply_chat_template([user, drawn], tokenize=True, return_dict=True)
-    direct = processor(images=[image], text="a handwritten seven<image><eos>")
+    direct = processor(images=[image], text="a handwritten seven<img><eos>")
     torch.testing.assert_close(sample["input_ids"], direct["input_ids"])
 
 
-def test_decoding_drops_image_tokens(processor, digits):
-    batch = processor(images=digit_images(digits, 2), text=[f"<image>{QUESTION} seven<eos>", "<image>"])
-    assert processor.batch_decode(batch["input_ids"]) == ["<bos> what digit is this? seven <eos>", "<bos>"]
+def test_decoding_with_skip_special_tokens_drops_image_tokens(processor, digits):
+    batch = processor(images=digit_images(digits, 2), text=[f"<img>{QUESTION} seven<eos>", "<img>"])
+    span = " ".join(["<boi>", *["<img>"] * processor.num_image_tokens, "<eoi>"])
+    assert processor.decode(batch["input_ids"][1]).endswith(f"<bos> {span}")  # the tokenizer's decode, as any VLM's
     assert processor.batch_decode(batch["input_ids"], skip_special_tokens=True) == ["what digit is this? seven", ""]
     assert processor.decode(batch["input_ids"][0], skip_special_tokens=True) == "what digit is this? seven"
     generated = torch.cat([batch["input_ids"], torch.tensor([[2], [0]])], dim=1)
     assert processor.post_process_image_text_to_text(generated) == ["what digit is this? seven", ""]
-    assert processor.post_process_image_text_to_text(generated[0]) == "what digit is this? seven"
+
+
+def test_one_image_token_and_the_older_placeholder_still_read(processor, digits, tmp_path):
+    """`processor.image_token` is the token `config.image_token_id` names; folders saved with the two-name layout
+    (`image_token="<image>"`, `img_token="<img>"`) load with the same meaning, and `<image>` in text still works."""
+    assert processor.image_token == "<img>" and processor.image_token_id == tiny_config().image_token_id
+    images = digit_images(digits, 1)
+    expected = processor(images=images, text=f"<img>{QUESTION}")["input_ids"]
+    torch.testing.assert_close(processor(images=images, text=f"<image>{QUESTION}")["input_ids"], expected)
+    processor.save_pretrained(tmp_path)
+    config_path = tmp_path / "processor_config.json"
+    saved = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**saved, "image_token": "<image>", "img_token": "<img>"}))  # older folder
+    old = AutoProcessor.from_pretrained(tmp_path)
+    assert (old.image_token, old.image_token_id) == ("<img>", processor.image_token_id)
+    torch.testing.assert_close(old(images=images, text=f"<image>{QUESTION}")["input_ids"], expected)
 
 
 def test_postprocess_inverts_the_image_processor(processor, digits):
@@ -166,7 +184,7 @@ def test_save_and_load_round_trip(processor, tmp_path, digits):
     loaded = AutoProcessor.from_pretrained(tmp_path)
     assert type(loaded) is MMARProcessor and loaded.chat_template == processor.chat_template
     assert (loaded.num_image_tokens, loaded.image_token_id) == (processor.num_image_tokens, processor.image_token_id)
-    images, texts = digit_images(digits, 2), [f"<image>{QUESTION}", "a handwritten seven<image><eos>"]
+    images, texts = digit_images(digits, 2), [f"<img>{QUESTION}", "a handwritten seven<img><eos>"]
     expected, actual = processor(images=images, text=texts), loaded(images=images, text=texts)
     assert set(actual) == set(expected)
     for key in expected:
@@ -211,14 +229,14 @@ def test_any_fast_tokenizer_with_image_tokens_added(byte_level_bpe, digits, tmp_
     config = tiny_config(
         text_config={**tiny_config().text_config.to_dict(), "vocab_size": len(tokenizer), "bos_token_id": None,
                      "eos_token_id": 0, "pad_token_id": 0},
-        boi_token_id=ids["boi_token"], image_token_id=ids["img_token"], eoi_token_id=ids["eoi_token"],
+        boi_token_id=ids["boi_token"], image_token_id=ids["image_token"], eoi_token_id=ids["eoi_token"],
     )
     processor = MMARProcessor.from_model_config(config, tokenizer)
-    assert processor.image_token_id == ids["img_token"]
-    batch = processor(images=digit_images(digits, 1), text=f"<image>{QUESTION} seven<|endoftext|>")
+    assert processor.image_token_id == ids["image_token"]
+    batch = processor(images=digit_images(digits, 1), text=f"<img>{QUESTION} seven<|endoftext|>")
     row = batch["input_ids"][0].tolist()
     L = config.tokens_per_image
-    assert row[: L + 2] == [ids["boi_token"], *[ids["img_token"]] * L, ids["eoi_token"]]  # no bos: Qwen2 has none
+    assert row[: L + 2] == [ids["boi_token"], *[ids["image_token"]] * L, ids["eoi_token"]]  # no bos: Qwen2 has none
     assert processor.decode(row, skip_special_tokens=True) == f"{QUESTION} seven"
     # The answer tokenizes the same alone and inside the sample (the collator's labels rely on it).
     answer = tokenizer(" seven<|endoftext|>", add_special_tokens=False)["input_ids"]
@@ -227,11 +245,11 @@ def test_any_fast_tokenizer_with_image_tokens_added(byte_level_bpe, digits, tmp_
     assert prompts[:, -1].tolist() == [ids["boi_token"]] * 2
     assert prompts[1, :-1].tolist() == [0] * (prompts.shape[1] - 1)  # left padding with the pad (= eos) token
     chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
-    assert processor.apply_chat_template(chat, add_generation_prompt=True) == f"<image>{QUESTION}"
+    assert processor.apply_chat_template(chat, add_generation_prompt=True) == f"<img>{QUESTION}"
     with torch.no_grad():
         logits = MMARForConditionalGeneration(config).eval()(**batch).logits
     assert logits.shape == (1, len(row), len(tokenizer))
     processor.save_pretrained(tmp_path)
     loaded = AutoProcessor.from_pretrained(tmp_path)
     assert (loaded.boi_token_id, loaded.image_token_id, loaded.eoi_token_id) == (
-        ids["boi_token"], ids["img_token"], ids["eoi_token"])
+        ids["boi_token"], ids["image_token"], ids["eoi_token"])

@@ -20,10 +20,10 @@ def processor():
 @pytest.mark.parametrize(
     "text, images, message",
     [
-        ("<image><image>What digit is this?", [DIGIT], "2 <image> placeholders .* 1 images"),
-        ("What digit is this?", [DIGIT], "0 <image> placeholders .* 1 images"),
-        (["<image>seven", "seven"], [DIGIT, DIGIT], r"per sample: \[1, 0\]"),
-        ("<image>What digit is this?", None, "1 <image> placeholders .* 0 images"),
+        ("<img><img>What digit is this?", [DIGIT], "2 <img> tokens .* 1 images"),
+        ("What digit is this?", [DIGIT], "0 <img> tokens .* 1 images"),
+        (["<img>seven", "seven"], [DIGIT, DIGIT], r"per sample: \[1, 0\]"),
+        ("<img>What digit is this?", None, "1 <img> tokens .* 0 images"),
     ],
 )
 def test_image_count_must_match_placeholders(processor, text, images, message):
@@ -45,7 +45,7 @@ def test_empty_image_list(processor):
 )
 def test_zero_size_image(processor, image):
     with pytest.raises(ValueError, match="zero-size"):
-        processor(images=[image], text="<image>")
+        processor(images=[image], text="<img>")
 
 
 @pytest.mark.parametrize(
@@ -90,11 +90,11 @@ def test_unreadable_and_corrupt_files(processor, tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:200])
     for path in (garbage, truncated, tmp_path / "missing.png", tmp_path):
         with pytest.raises(ValueError, match="Could not read the image file"):
-            processor(images=[str(path)], text="<image>")
+            processor(images=[str(path)], text="<img>")
 
 
 def test_truncation_never_cuts_an_image_span(processor):
-    text = "<image>What digit is this? seven"
+    text = "<img>What digit is this? seven"
     full = processor(images=[DIGIT], text=text)["input_ids"].shape[1]  # 1 + 18 + 6
     span_end = 1 + processor.num_image_tokens + 2
     kept = processor(images=[DIGIT], text=text, truncation=True, max_length=span_end + 1)["input_ids"]
@@ -110,8 +110,8 @@ def test_truncation_never_cuts_an_image_span(processor):
 def test_generation_mode_misuse(processor):
     with pytest.raises(ValueError, match="text prompts only"):
         processor(images=[DIGIT], text="seven", generation_mode="image")
-    with pytest.raises(ValueError, match="contains '<image>'"):
-        processor(text="<image>seven", generation_mode="image")
+    with pytest.raises(ValueError, match="contains '<img>'"):
+        processor(text="<img>seven", generation_mode="image")
     with pytest.raises(ValueError, match="needs text prompts"):
         processor(generation_mode="image")
     with pytest.raises(ValueError, match="generation_mode must be one of"):

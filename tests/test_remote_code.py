@@ -42,7 +42,7 @@ REMOTE_SCRIPT = textwrap.dedent(
     report["causal_lm"] = type(AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)).__name__
 
     inputs = load_file(inputs_file)
-    text = processor(text=["<image>What digit is this?"], images=[inputs["image"]], return_tensors="pt")
+    text = processor(text=["<img>What digit is this?"], images=[inputs["image"]], return_tensors="pt")
     prompt = processor(text=["a handwritten seven"], generation_mode="image", return_tensors="pt")
     with torch.no_grad():
         logits = model(input_ids=text["input_ids"], attention_mask=text["attention_mask"],
@@ -99,7 +99,7 @@ def test_save_pretrained_writes_code_and_auto_map(saved_model):
     processor_config = json.loads((folder / "processor_config.json").read_text())
     assert processor_config["auto_map"]["AutoProcessor"] == "processing_mmar.MMARProcessor"
     for name in ("configuration_mmar.py", "modeling_mmar.py", "diffusion_head_mmar.py", "generation_mmar.py",
-                 "sampling_mmar.py", "builder_mmar.py", "processing_mmar.py", "image_processing_mmar.py"):
+                 "sampling_mmar.py", "convert_text_model_to_mmar.py", "processing_mmar.py", "image_processing_mmar.py"):
         assert (folder / name).is_file(), name
 
 
@@ -138,7 +138,7 @@ def test_loads_and_matches_where_the_package_is_not_installed(saved_model, tmp_p
 
     # Same tokens, same pixels, same logits, same greedy answer and the same generated image as the installed code.
     remote = load_file(tmp_path / "outputs.safetensors")
-    local = processor(text=["<image>What digit is this?"], images=[image], return_tensors="pt")
+    local = processor(text=["<img>What digit is this?"], images=[image], return_tensors="pt")
     assert torch.equal(remote["input_ids"], local["input_ids"])
     assert torch.equal(remote["pixel_values"], local["pixel_values"])
     prompt = processor(text=["a handwritten seven"], generation_mode="image", return_tensors="pt")
@@ -179,7 +179,7 @@ WITHOUT_DIFFUSERS_SCRIPT = textwrap.dedent(
     model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True)
     processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
     image = torch.rand(1, 8, 8)
-    inputs = processor(text=["<image>What digit is this?"], images=[image], return_tensors="pt")
+    inputs = processor(text=["<img>What digit is this?"], images=[image], return_tensors="pt")
     with torch.no_grad():
         answer = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     report["answer_tokens"] = answer.shape[1] - inputs["input_ids"].shape[1]

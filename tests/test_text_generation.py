@@ -11,7 +11,7 @@ QUESTION = [20, 21, 22, 23]  # "What digit is this?" as token ids of the tiny vo
 
 
 def understanding_prompt(config, question):
-    """`<bos> <boi> <img>*L <eoi> question` token ids (what MMARProcessor builds for "<image>question")."""
+    """`<bos> <boi> <img>*L <eoi> question` token ids (what MMARProcessor builds for "<img>question")."""
     L = config.tokens_per_image
     return [config.text_config.bos_token_id, config.boi_token_id, *[config.image_token_id] * L,
             config.eoi_token_id, *question]
@@ -196,7 +196,7 @@ def test_processor_batch_generates_like_each_prompt_alone(model, digits):
 
     processor = MMARProcessor.from_model_config(model.config, build_tokenizer(["What digit is this? a seven"]))
     images = [Image.fromarray((digits[0][i] * 255 / 16).astype(np.uint8), mode="L") for i in range(2)]
-    texts = ["<image>What digit is this?", "<image>digit?"]
+    texts = ["<img>What digit is this?", "<img>digit?"]
     batch = processor(images=images, text=texts)
     assert batch["attention_mask"][1, 0] == 0, "the shorter prompt is padded on the left"
     together = model.generate(**batch, max_new_tokens=4, do_sample=False)[:, batch["input_ids"].shape[1]:]

@@ -24,8 +24,9 @@ def test_special_tokens_have_the_fixed_ids(tokenizer):
     expected = ["<pad>", "<bos>", "<eos>", "<image>", "<boi>", "<img>", "<eoi>", "<unk>"]
     assert tokenizer.convert_ids_to_tokens(list(range(8))) == expected
     assert (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (0, 1, 2)
-    image_ids = (tokenizer.image_token_id, tokenizer.boi_token_id, tokenizer.img_token_id, tokenizer.eoi_token_id)
-    assert image_ids == (3, 4, 5, 6)
+    image_ids = (tokenizer.legacy_image_placeholder_id, tokenizer.boi_token_id, tokenizer.image_token_id,
+                 tokenizer.eoi_token_id)
+    assert image_ids == (3, 4, 5, 6)  # `<img>` is the image token; `<image>` keeps its id for older folders
     assert tokenizer.unk_token_id == 7
     assert set(expected) <= set(tokenizer.all_special_tokens)
 
@@ -76,7 +77,7 @@ def test_save_and_load_with_autotokenizer(tokenizer, tmp_path):
     loaded = AutoTokenizer.from_pretrained(tmp_path)
     text = "<bos>a handwritten seven<boi><img><img><eoi><eos>"
     assert loaded(text)["input_ids"] == tokenizer(text)["input_ids"]
-    assert loaded.img_token_id == 5 and loaded.boi_token == "<boi>"
+    assert loaded.image_token_id == 5 and loaded.boi_token == "<boi>"
     assert loaded.decode(loaded(text)["input_ids"], skip_special_tokens=True) == "a handwritten seven"
 
 
@@ -88,9 +89,9 @@ def test_add_image_tokens_appends_missing_tokens_once():
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
     ids = add_image_tokens(tokenizer)
-    assert sorted(ids.values()) == [2, 3, 4, 5] and set(ids) == set(IMAGE_SPECIAL_TOKENS)
-    assert add_image_tokens(tokenizer) == ids and len(tokenizer) == 6
-    assert tokenizer("hello<img>")["input_ids"] == [1, ids["img_token"]]
+    assert sorted(ids.values()) == [2, 3, 4] and set(ids) == set(IMAGE_SPECIAL_TOKENS)
+    assert add_image_tokens(tokenizer) == ids and len(tokenizer) == 5
+    assert tokenizer("hello<img>")["input_ids"] == [1, ids["image_token"]]
 
 
 @pytest.mark.parametrize("corpus", [[], "", [1, 2], [None]])

@@ -2,9 +2,9 @@
 
 Each row becomes ONE of two samples (sequence conventions fixed with the processor and the sampler):
 
-- understanding (image -> text): `<bos><image>{question} {answer}<eos>`; the image is fully visible and only
+- understanding (image -> text): `<bos><img>{question} {answer}<eos>`; the image is fully visible and only
   ` {answer}<eos>` carries labels.
-- generation (text -> image): `<bos>{caption}<image><eos>`; a random subset of the image's tokens is masked
+- generation (text -> image): `<bos>{caption}<img><eos>`; a random subset of the image's tokens is masked
   (True in `image_mask`) and gets the diffusion loss; no text labels. With probability `caption_dropout` the
   caption is the empty prompt, which trains the unconditional branch of classifier-free guidance.
 
@@ -69,7 +69,7 @@ class MMARDataCollator:
         processor_tokens = getattr(processor, "num_image_tokens", tokens_per_image)
         if processor_tokens != tokens_per_image:
             raise ValueError(
-                f"The processor expands <image> to {processor_tokens} tokens but tokens_per_image={tokens_per_image}; "
+                f"The processor expands its image token to {processor_tokens} tokens but tokens_per_image={tokens_per_image}; "
                 "build the processor from the model config (MMARProcessor.from_model_config)"
             )
         self.processor = processor
@@ -121,7 +121,7 @@ class MMARDataCollator:
 
     @property
     def image_token(self) -> str:
-        return getattr(self.processor, "image_token", None) or "<image>"
+        return self.processor.image_token
 
     @property
     def eos_token(self) -> str:

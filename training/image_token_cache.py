@@ -7,7 +7,7 @@ bf16; the cache keeps the fp32 tokens). Worth it with a VAE: at the
 paper-0.5b geometry on CPU, MMAR's training-step overhead over the bare Qwen2-0.5B falls from +27 % to +13 %
 (`python -m benchmarks run --suite cpu-paper`). `data.cache_image_tokens: true` in a run config turns it on;
 the collator then passes `image_tokens` instead of `pixel_values` (it still reads the images: the processor
-needs them to lay out each `<image>` span). Map-style datasets only: a stream has nothing to keep.
+needs them to lay out each image span). Map-style datasets only: a stream has nothing to keep.
 """
 
 from __future__ import annotations

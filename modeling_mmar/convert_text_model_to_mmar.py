@@ -1,4 +1,8 @@
-"""Wrap any pretrained causal LM into MMAR: `MMARForConditionalGeneration.from_text_model(...)`.
+"""Convert any pretrained causal LM into MMAR: `MMARForConditionalGeneration.from_text_model(...)`.
+
+The model's side of the conversion, as transformers' `convert_*_to_hf` scripts are: the tokenizer's vocabulary
+grows by the image span tokens (`<boi>`, `<img>`, `<eoi>`, the same tokens `MMARProcessor.from_text_model` adds,
+whose ids it checks against the config), the embeddings follow, and the config records the ids.
 
 The LLM's weights are kept bit-exact: its base model and LM head go into MMAR's state dict under
 `model.language_model.` and `lm_head.` and `from_pretrained(None, state_dict=...)` loads them (on the meta device
@@ -15,7 +19,6 @@ import tempfile
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
-from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
 from transformers.utils import logging
 
 from .configuration_mmar import MMARConfig
@@ -27,19 +30,9 @@ except ImportError:  # pragma: no cover
 
 # Config fields from_text_model derives itself; passing them as **config_kwargs would be silently overwritten.
 DERIVED_CONFIG_FIELDS = ("text_config", "vae_config", "boi_token_id", "image_token_id", "eoi_token_id")
+# The image span tokens by config field, in the order they are added to a tokenizer that lacks them.
+IMAGE_SPAN_TOKENS = {"boi_token_id": "<boi>", "image_token_id": "<img>", "eoi_token_id": "<eoi>"}
 
-
-
-def _processor_class():
-    """The processor registered with `AutoProcessor` for MMARConfig (importing mmar-hf's `processors` registers
-    it): this flat remote-code folder imports nothing outside itself."""
-    try:
-        return PROCESSOR_MAPPING[MMARConfig]
-    except KeyError:
-        raise ImportError(
-            "from_text_model builds the processor too: `import processors` (mmar-hf) first, so that AutoProcessor "
-            "knows MMARProcessor"
-        ) from None
 
 
 def _load_text_model(text_model_or_path, dtype) -> tuple[PreTrainedModel, str | None]:
@@ -98,12 +91,15 @@ def _vae_config(vae) -> dict:
             for key, value in vae.config.items() if key in init_args}
 
 
-def _prepare_tokenizer(tokenizer, processor_class) -> dict[str, int]:
+def _prepare_tokenizer(tokenizer) -> dict[str, int]:
     if tokenizer.pad_token is None:  # e.g. Llama: batches need padding; eos is the usual stand-in
         if tokenizer.eos_token is None:
             raise ValueError("The tokenizer has neither a pad nor an eos token; set tokenizer.pad_token first")
         tokenizer.pad_token = tokenizer.eos_token
-    return processor_class.add_image_tokens(tokenizer)
+    missing = [token for token in IMAGE_SPAN_TOKENS.values() if token not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
+    return {field: tokenizer.convert_tokens_to_ids(token) for field, token in IMAGE_SPAN_TOKENS.items()}
 
 
 def _build_config(text_model, tokenizer, token_ids, vae, image_size, patch_size, num_channels, config_kwargs):
@@ -129,9 +125,7 @@ def _build_config(text_model, tokenizer, token_ids, vae, image_size, patch_size,
     return MMARConfig(
         text_config=text_config,
         vae_config=_vae_config(vae) if vae is not None else None,
-        boi_token_id=token_ids["boi_token"],
-        image_token_id=token_ids["img_token"],
-        eoi_token_id=token_ids["eoi_token"],
+        **token_ids,
         **{**geometry, **config_kwargs},
     )
 
@@ -158,13 +152,12 @@ def from_text_model(
     dtype: torch.dtype | str | None = None,
     **config_kwargs,
 ):
-    """See `MMARForConditionalGeneration.from_text_model`. Returns `(model, processor)`."""
-    processor_class = _processor_class()
+    """See `MMARForConditionalGeneration.from_text_model`."""
     text_model, source = _load_text_model(text_model_or_path, dtype)
     tokenizer = _load_tokenizer(tokenizer, source)
     vae = _load_vae(vae)
 
-    token_ids = _prepare_tokenizer(tokenizer, processor_class)
+    token_ids = _prepare_tokenizer(tokenizer)
     if len(tokenizer) > text_model.config.vocab_size:
         # New rows start at the mean of the old embeddings (transformers' mean_resizing); old rows are untouched.
         text_model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
@@ -195,8 +188,7 @@ def from_text_model(
                 setattr(model.generation_config, name, getattr(text_generation, name))
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    processor = processor_class.from_model_config(config, tokenizer)
-    return model, processor
+    return model
 
 
 __all__ = ["from_text_model"]
