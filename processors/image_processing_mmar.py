@@ -1,8 +1,8 @@
 """MMARImageProcessor: any image -> `pixel_values` [N, C, S, S] in [-1, 1] on transformers' PIL backend, and back.
 
 Every input (PIL image of any mode, numpy array, torch tensor, file path) is first turned into an 8-bit PIL image in
-the model's mode (`num_channels` 1 -> "L", 3 -> "RGB"), then resized, center-cropped, rescaled and normalised by
-`PilBackend`'s operations. `postprocess` inverts the rescale/normalisation exactly, so `postprocess(preprocess(x))`
+the model's mode (`num_channels` 1 -> "L", 3 -> "RGB"), then resized (shortest edge), center-cropped, rescaled and
+normalised by `PilBackend`'s own `_preprocess`, with the CLIP / Llava convention for `size` and `crop_size`. `postprocess` inverts the rescale/normalisation exactly, so `postprocess(preprocess(x))`
 returns an 8-bit image at the processor's size unchanged.
 """
 
@@ -52,13 +52,16 @@ class MMARImageProcessor(PilBackend):
     Prepares images for MMAR: `pixel_values` of shape [N, num_channels, H, W], float32 in [-1, 1].
 
     Args:
-        image_size (`int`, *optional*): Side of the square output; shorthand for `size={"height": s, "width": s}`.
-        num_channels (`int`, defaults to 1): 1 = grayscale ("L"), 3 = RGB.
-        size (`dict`, defaults to `{"height": 8, "width": 8}`): Output size.
-        resample (`PILImageResampling`, defaults to `BICUBIC`): Resampling filter of the resize.
-        do_center_crop (`bool`, defaults to `True`): Keep the aspect ratio (resize the image to cover `size`, then
-            crop the center). `False` stretches the image to `size`.
-        image_mean, image_std (`float` or `list[float]`, default 0.5): (x / 255 - mean) / std; 0.5 maps to [-1, 1].
+        image_size (`int`, *optional*): Side of the square output; shorthand for `size={"shortest_edge": s}` and
+            `crop_size={"height": s, "width": s}` (`size={"height": s, "width": s}` with `do_center_crop=False`).
+        num_channels (`int`, *optional*, defaults to 1): 1 = grayscale ("L"), 3 = RGB.
+        size (`dict`, *optional*, defaults to `{"shortest_edge": 8}`): Resize target; the shortest edge keeps the
+            aspect ratio, `{"height", "width"}` stretches.
+        crop_size (`dict`, *optional*, defaults to `{"height": 8, "width": 8}`): Output size of the center crop.
+        resample (`PILImageResampling`, *optional*, defaults to `BICUBIC`): Resampling filter of the resize.
+        do_center_crop (`bool`, *optional*, defaults to `True`): Crop the center to `crop_size` after the resize.
+        image_mean, image_std (`float` or `list[float]`, *optional*, defaults to 0.5): (x / 255 - mean) / std; 0.5
+            maps to [-1, 1].
 
     Inputs: PIL images (modes 1, L, P, RGB, RGBA, LA, CMYK, I;16, I, F, ...; transparency is composited on white),
     numpy arrays (HW, HWC or CHW; uint8, uint16, bool, or float in [0, 1]; channels-last is assumed when the layout
@@ -75,8 +78,8 @@ class MMARImageProcessor(PilBackend):
     model_input_names = ["pixel_values"]
     valid_kwargs = MMARImageProcessorKwargs
     resample = PILImageResampling.BICUBIC
-    size = {"height": 8, "width": 8}
-    crop_size = {"height": 8, "width": 8}  # kept equal to `size` (the output size)
+    size = {"shortest_edge": 8}
+    crop_size = {"height": 8, "width": 8}
     do_resize = True
     do_center_crop = True
     do_rescale = True
@@ -90,24 +93,42 @@ class MMARImageProcessor(PilBackend):
 
     def __init__(self, image_size: int | None = None, **kwargs: Unpack[MMARImageProcessorKwargs]):
         if image_size is not None:
-            if not isinstance(image_size, int) or image_size < 1:
+            if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1:
                 raise ValueError(f"MMARImageProcessor image_size must be a positive integer, got {image_size!r}")
-            if kwargs.get("size") is not None:
-                raise ValueError("Pass either image_size or size to MMARImageProcessor, not both")
-            kwargs["size"] = {"height": image_size, "width": image_size}
+            if kwargs.get("size") is not None or kwargs.get("crop_size") is not None:
+                raise ValueError("Pass either image_size or size / crop_size to MMARImageProcessor, not both")
+            square = {"height": image_size, "width": image_size}
+            if kwargs.get("do_center_crop", self.do_center_crop):
+                kwargs.update(size={"shortest_edge": image_size}, crop_size=square)
+            else:
+                kwargs.update(size=square, crop_size=square)
+        size, crop_size = kwargs.get("size"), kwargs.get("crop_size")
+        if (kwargs.get("do_center_crop", True) and isinstance(size, dict) and set(size) == {"height", "width"}
+                and size == crop_size and size["height"] == size["width"]):
+            # Folders saved before the shortest-edge convention meant "cover the square, crop the center".
+            kwargs["size"] = {"shortest_edge": size["height"]}
         super().__init__(**kwargs)
         if self.num_channels not in (1, 3):
             raise ValueError(
                 f"MMARImageProcessor num_channels must be 1 (grayscale) or 3 (RGB), got {self.num_channels}"
             )
-        if not (self.size.height and self.size.width):
-            raise ValueError(f"MMARImageProcessor size must be {{'height': h, 'width': w}}, got {dict(self.size)}")
-        self.crop_size = SizeDict(height=self.size.height, width=self.size.width)
+        self._check_output_size(self.do_center_crop, self.size, self.crop_size)
+
+    @staticmethod
+    def _check_output_size(do_center_crop: bool, size: SizeDict, crop_size: SizeDict) -> None:
+        """Batches stack into one tensor: every image must come out at one fixed size."""
+        output = crop_size if do_center_crop else size
+        if not (output.height and output.width):
+            raise ValueError(
+                f"MMARImageProcessor needs a fixed output size: crop_size {{'height': h, 'width': w}} with "
+                f"do_center_crop=True, or size {{'height': h, 'width': w}} without it; got size={dict(size)}, "
+                f"crop_size={dict(crop_size)}, do_center_crop={do_center_crop}"
+            )
 
     @property
     def image_size(self) -> int:
         """Side of the (square) output images."""
-        return self.size.height
+        return (self.crop_size if self.do_center_crop else self.size).height
 
     # ------------------------------------------------------------------ inputs
     def fetch_images(self, image_url_or_urls):
@@ -190,50 +211,9 @@ class MMARImageProcessor(PilBackend):
         return array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
 
     # ------------------------------------------------------------------ resize / crop / normalise
-    def _preprocess(
-        self,
-        images: list[np.ndarray],
-        do_resize: bool,
-        size: SizeDict,
-        resample: PILImageResampling | None,
-        do_center_crop: bool,
-        do_rescale: bool,
-        rescale_factor: float,
-        do_normalize: bool,
-        image_mean: float | list[float] | None,
-        image_std: float | list[float] | None,
-        return_tensors: str | TensorType | None,
-        **kwargs,
-    ) -> BatchFeature:
-        height, width = size.height, size.width
-        if not (height and width):
-            raise ValueError(f"MMARImageProcessor size must be {{'height': h, 'width': w}}, got {dict(size)}")
-        processed = []
-        for image in images:
-            if do_resize and image.shape[-2:] != (height, width):
-                if do_center_crop:  # cover the target, keeping the aspect ratio; the crop below trims the rest
-                    scale = max(height / image.shape[-2], width / image.shape[-1])
-                    cover = SizeDict(
-                        height=max(height, round(image.shape[-2] * scale)),
-                        width=max(width, round(image.shape[-1] * scale)),
-                    )
-                    image = self.resize(image, size=cover, resample=resample)
-                else:
-                    image = self.resize(image, size=SizeDict(height=height, width=width), resample=resample)
-            if do_center_crop and image.shape[-2:] != (height, width):
-                image = self.center_crop(image, SizeDict(height=height, width=width))
-            image = image.astype(np.float32)
-            if do_rescale:
-                image = self.rescale(image, rescale_factor)
-            if do_normalize:
-                image = self.normalize(image, image_mean, image_std)
-            processed.append(image.astype(np.float32))
-        if return_tensors is not None:
-            shapes = {p.shape for p in processed}
-            if len(shapes) > 1:
-                raise ValueError(f"Images of different sizes {sorted(shapes)} cannot be stacked; enable do_resize")
-            processed = np.stack(processed)
-        return BatchFeature(data={"pixel_values": processed}, tensor_type=return_tensors)
+    def _preprocess(self, images, do_center_crop: bool, size: SizeDict, crop_size: SizeDict, **kwargs):
+        self._check_output_size(do_center_crop, size, crop_size)
+        return super()._preprocess(images, do_center_crop=do_center_crop, size=size, crop_size=crop_size, **kwargs)
 
     # ------------------------------------------------------------------ outputs
     def postprocess(self, images, output_type: str = "pil"):

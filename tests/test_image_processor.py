@@ -109,6 +109,12 @@ def test_resize_then_center_crop_keeps_the_aspect_ratio():
     assert cropped.shape == (1, 1, 8, 8) and (cropped == 1.0).all()
     squashed = MMARImageProcessor(image_size=8, do_center_crop=False)(stripes).pixel_values
     assert squashed.shape == (1, 1, 8, 8) and squashed[0, 0, :, 0].max() < 0 and squashed[0, 0, :, 4].min() > 0
+    # The CLIP / Llava convention spelled out, and a folder saved with the older square `size` mean the same.
+    spelled_out = MMARImageProcessor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8})
+    older_folder = MMARImageProcessor(size={"height": 8, "width": 8}, crop_size={"height": 8, "width": 8})
+    assert older_folder.size.shortest_edge == 8
+    for processor in (spelled_out, older_folder):
+        torch.testing.assert_close(processor(stripes).pixel_values, cropped)
 
 
 def test_upscaling_digits(digits):

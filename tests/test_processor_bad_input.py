@@ -149,9 +149,11 @@ def test_bad_image_processor_settings():
         MMARImageProcessor(image_size=0)
     with pytest.raises(ValueError, match="either image_size or size"):
         MMARImageProcessor(image_size=8, size={"height": 8, "width": 8})
+    with pytest.raises(ValueError, match="fixed output size"):
+        MMARImageProcessor(size={"shortest_edge": 8}, do_center_crop=False)  # outputs would differ in shape
     processor = MMARImageProcessor()
-    with pytest.raises(ValueError, match="size must be"):
-        processor(DIGIT, size={"shortest_edge": 8})
+    with pytest.raises(ValueError, match="fixed output size"):
+        processor(DIGIT, size={"shortest_edge": 8}, do_center_crop=False)
     with pytest.raises(ValueError, match="output_type must be one of"):
         processor.postprocess(torch.zeros(1, 1, 8, 8), output_type="latent")
     with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
