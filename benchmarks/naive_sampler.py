@@ -58,7 +58,7 @@ def _head_sample(model, scheduler, cond, uncond, guidance, temperature, num_infe
     head = model.diffusion_head
     dim = head.token_dim
     scheduler.set_timesteps(num_inference_steps, device=cond.device)
-    sample = randomness.normal(per_image, dim) * scheduler.init_noise_sigma
+    sample = randomness.normal([per_image] * len(randomness.generators), dim) * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
         timesteps = t.reshape(1).expand(sample.shape[0]).to(cond.device)
         output = head(sample, timesteps, cond).float()

@@ -12,6 +12,7 @@ from .modeling_mmar import (
     MMARPreTrainedModel,
 )
 from .pipeline_mmar import MMARPipeline
+from .pipeline_mmar_inpaint import MMARInpaintPipeline
 from .scheduling_mmar import MMARScheduler
 
 AutoConfig.register("mmar", MMARConfig, exist_ok=True)
@@ -33,4 +34,5 @@ __all__ = [
     "MMARCausalLMOutputWithPast",
     "MMARScheduler",
     "MMARPipeline",
+    "MMARInpaintPipeline",
 ]

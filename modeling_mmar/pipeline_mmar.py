@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # never run: diffusers copies only the modules a remote-code 
     from .embedder_mmar import MMARImageEmbedder  # noqa: F401
     from .generation_mmar import MMARGenerationMixin  # noqa: F401
     from .image_tokens_mmar import image_block_ids  # noqa: F401
+    from .inpainting_mmar import token_mask_from_mask_image  # noqa: F401
     from .scheduling_mmar import MMARScheduler  # noqa: F401
 
 
@@ -123,6 +124,12 @@ class MMARPipeline(DiffusionPipeline):
             return_dict: return an `ImagePipelineOutput` (else a tuple).
             use_cache: reuse the prompts' KV cache at every masked-AR step.
         """
+        return self._generate(prompt, negative_prompt, return_dict, num_images_per_prompt=num_images_per_prompt,
+                              num_iter=num_iter, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                              guidance_schedule=guidance_schedule, temperature=temperature, generator=generator,
+                              use_cache=use_cache, output_type=output_type)
+
+    def _generate(self, prompt, negative_prompt, return_dict: bool, **sampling) -> ImagePipelineOutput | tuple:
         check_bool("return_dict", return_dict)
         inputs = self._tokenize(self._as_list(prompt, "prompt"))
         if negative_prompt is not None:  # one for all prompts or one per prompt: the sampler pairs them up
@@ -131,21 +138,8 @@ class MMARPipeline(DiffusionPipeline):
             inputs["negative_prompt_attention_mask"] = negative_inputs["attention_mask"]
         # The sampling loop owns every default and check; the pipeline hands it its progress bar, as diffusers
         # pipelines wrap their denoising loops.
-        images = self.model.generate(
-            **inputs,
-            generation_mode="image",
-            num_images_per_prompt=num_images_per_prompt,
-            num_iter=num_iter,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            guidance_schedule=guidance_schedule,
-            temperature=temperature,
-            scheduler=self.scheduler,
-            generator=generator,
-            use_cache=use_cache,
-            output_type=output_type,
-            progress_bar=self.progress_bar,
-        )
+        images = self.model.generate(**inputs, **sampling, generation_mode="image", scheduler=self.scheduler,
+                                     progress_bar=self.progress_bar)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache
+from transformers.utils import logging
 
 from .input_checks_mmar import (
     check_attention_mask,
@@ -31,6 +32,12 @@ from .input_checks_mmar import (
     check_token_ids,
     embedding_rows,
 )
+from .inpainting_mmar import (
+    check_image_for_inpainting,
+    expand_images,
+    pixel_mask_from_token_mask,
+    token_mask_from_mask_image,
+)
 from .scheduling_mmar import MMARScheduler  # raises the ImportError that says to install diffusers
 
 try:  # guarded so that transformers' remote-code import check does not demand diffusers for text-only use
@@ -38,6 +45,8 @@ try:  # guarded so that transformers' remote-code import check does not demand d
     from diffusers.utils.torch_utils import randn_tensor
 except ImportError as error:  # pragma: no cover
     raise ImportError("MMAR image generation needs diffusers: pip install diffusers") from error
+
+logger = logging.get_logger(__name__)
 
 GUIDANCE_SCHEDULES = ("linear", "constant")
 OUTPUT_TYPES = ("pt", "np", "pil", "latent")
@@ -85,17 +94,17 @@ class PerImageRandomness:
             orders.append(torch.randperm(num_tokens, generator=g, device=rand_device).to(self.device))
         return torch.stack(orders)
 
-    def per_row_generators(self, per_image: int) -> list[torch.Generator] | None:
-        """Image i's generator for each of its `per_image` token rows (what randn_tensor takes for per-row draws);
+    def per_row_generators(self, counts: list[int]) -> list[torch.Generator] | None:
+        """Image i's generator for each of its `counts[i]` token rows (what randn_tensor takes for per-row draws);
         None when some image has no generator (the global RNG then draws for all)."""
         if any(g is None for g in self.generators):
             return None
-        return [g for g in self.generators for _ in range(per_image)]
+        return [g for g, count in zip(self.generators, counts) for _ in range(count)]
 
-    def normal(self, per_image: int, dim: int) -> torch.Tensor:
-        """Standard normal [B * per_image, dim], image-major."""
-        draws = [randn_tensor((per_image, dim), generator=g, device=self.device, dtype=torch.float32)
-                 for g in self.generators]
+    def normal(self, counts: list[int], dim: int) -> torch.Tensor:
+        """Standard normal [sum(counts), dim], image-major: `counts[i]` rows from image i's generator."""
+        draws = [randn_tensor((count, dim), generator=g, device=self.device, dtype=torch.float32)
+                 for g, count in zip(self.generators, counts)]
         return torch.cat(draws)
 
 
@@ -239,6 +248,12 @@ class ImageSpanRunner:
         return out.last_hidden_state
 
 
+def _say_what_the_mask_covers(to_generate: torch.Tensor) -> None:
+    untouched = [b for b, row in enumerate(to_generate) if not row.any()]
+    if untouched:
+        logger.warning(f"mask_image covers no token of image(s) {untouched}: they are returned unchanged")
+
+
 def check_scheduler(scheduler, config) -> None:
     if not (hasattr(scheduler, "set_timesteps") and hasattr(scheduler, "step")):
         raise ValueError(
@@ -276,6 +291,8 @@ def generate_images(
     show_progress: bool = True,
     progress_bar: Callable[[list[int]], Iterable[int]] | None = None,
     callback_on_step_end: StepCallback | None = None,
+    image: torch.Tensor | None = None,
+    mask_image=None,
     token_type_ids: torch.Tensor | None = None,  # accepted (the processor may return it) and not needed
     **unexpected,
 ):
@@ -285,6 +302,9 @@ def generate_images(
     ("pil") or the continuous image tokens [B, L, D] ("latent"). This function owns every default and check of image
     generation; `MMARForConditionalGeneration.generate` documents the arguments. `progress_bar` wraps the list of
     masked-AR steps (e.g. a `DiffusionPipeline.progress_bar`); by default a tqdm bar when `show_progress`.
+    Inpainting: `image` (pixel_values [1 | prompts | B, C, H, W] in [-1, 1]) and `mask_image` (white = regenerate,
+    see inpainting_mmar): tokens outside the mask are visible from the first step and returned exactly; the order,
+    cosine schedule and `num_iter` run over the masked tokens only.
     """
     if unexpected:
         raise ValueError(
@@ -297,18 +317,28 @@ def generate_images(
     check_token_ids("input_ids", input_ids, embedding_rows(model.get_input_embeddings()))
     if negative_prompt_ids is not None:
         check_token_ids("negative_prompt_ids", negative_prompt_ids, embedding_rows(model.get_input_embeddings()))
-    num_iter = min(DEFAULT_NUM_ITER, num_tokens) if num_iter is None else num_iter
+    check_int("num_images_per_prompt", num_images_per_prompt, 1)
+    batch_size = input_ids.shape[0] * num_images_per_prompt
+    check_image_for_inpainting(image, mask_image, input_ids.shape[0], num_images_per_prompt)
+    if image is not None:
+        to_generate = token_mask_from_mask_image(mask_image, cfg, batch_size).to(model.device)
+        known_tokens = model.model.encode_images(expand_images(image, input_ids.shape[0], num_images_per_prompt)
+                                                 .to(model.device))
+        _say_what_the_mask_covers(to_generate)
+    else:
+        to_generate = torch.ones(batch_size, num_tokens, dtype=torch.bool, device=model.device)
+        known_tokens = torch.zeros(batch_size, num_tokens, cfg.token_dim, device=model.device)
+    most_masked = int(to_generate.sum(-1).max())
+    num_iter = min(DEFAULT_NUM_ITER, max(most_masked, 1)) if num_iter is None else num_iter
     check_int("num_iter", num_iter, 1, num_tokens)
     check_float("guidance_scale", guidance_scale, low=0.0)
     check_choice("guidance_schedule", guidance_schedule, GUIDANCE_SCHEDULES)
     check_float("temperature", temperature, low=0.0)
     check_choice("output_type", output_type, OUTPUT_TYPES)
     check_bool("use_cache", use_cache)
-    check_int("num_images_per_prompt", num_images_per_prompt, 1)
     check_bool("show_progress", show_progress)
     check_callable("progress_bar", progress_bar)
     check_callable("callback_on_step_end", callback_on_step_end)
-    batch_size = input_ids.shape[0] * num_images_per_prompt
     check_generator(generator, batch_size)
     scheduler = MMARScheduler.from_model_config(cfg) if scheduler is None else scheduler
     check_scheduler(scheduler, cfg)
@@ -323,43 +353,50 @@ def generate_images(
     check_fits_positions(prefix_mask.sum(-1).max().item() + num_tokens,
                          getattr(cfg.get_text_config(), "max_position_embeddings", None), "the prompt plus its image span")
     randomness = PerImageRandomness(generator, batch_size, device)
-    orders = randomness.permutations(num_tokens)  # first draw of each image's stream
+    # Each image's own random order, restricted to the tokens it regenerates (all of them without a mask).
+    orders = [order[to_generate[b, order]] for b, order in enumerate(randomness.permutations(num_tokens))]
+    schedules = [cosine_masked_counts(len(order), num_iter) if len(order) else [0] * num_iter for order in orders]
     rows = 2 * batch_size if with_uncond else batch_size
 
-    runner = ImageSpanRunner(model, prefix_ids.to(device), prefix_mask.to(device), use_cache)
-    tokens = torch.zeros(batch_size, num_tokens, cfg.token_dim, device=device)
-    still_masked = torch.ones(batch_size, num_tokens, dtype=torch.bool, device=device)
-    revealed = 0
-    steps = cosine_masked_counts(num_tokens, num_iter)
-    if progress_bar is None:
-        steps = tqdm(steps, disable=not show_progress, desc="masked-AR steps")
-    else:
-        steps = progress_bar(steps)
-    for step, masked_after in enumerate(steps):
-        repeat = rows // batch_size  # the unconditional rows see the same partial images
-        hidden = runner.hidden_states(tokens.repeat(repeat, 1, 1), still_masked.repeat(repeat, 1))
-        revealed_after = num_tokens - masked_after
-        leaving = orders[:, revealed:revealed_after]  # [B, n]: next in each image's own order
-        if leaving.shape[1]:
-            gather = leaving.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
-            cond = hidden[:batch_size].gather(1, gather).flatten(0, 1)
-            uncond = hidden[batch_size:].gather(1, gather).flatten(0, 1) if with_uncond else None
-            guidance = guidance_for_step(guidance_scale, guidance_schedule, revealed_after, num_tokens)
-            per_image = leaving.shape[1]
-            new_tokens = model.diffusion_head.sample(
-                cond, scheduler, num_inference_steps, randomness.normal(per_image, cfg.token_dim),
-                uncond_conditions=uncond, guidance_scale=guidance,
-                generator=randomness.per_row_generators(per_image), temperature=temperature)
-            tokens.scatter_(1, leaving.unsqueeze(-1).expand(-1, -1, cfg.token_dim),
-                            new_tokens.view(batch_size, -1, cfg.token_dim).to(tokens.dtype))
-            still_masked.scatter_(1, leaving, False)
-        revealed = revealed_after
-        if callback_on_step_end is not None:
-            callback_on_step_end(step, tokens.clone(), still_masked.clone())
+    tokens = known_tokens.float().clone()
+    still_masked = to_generate.clone()
+    if most_masked:
+        runner = ImageSpanRunner(model, prefix_ids.to(device), prefix_mask.to(device), use_cache)
+        revealed = [0] * batch_size
+        steps = range(num_iter)
+        steps = tqdm(steps, disable=not show_progress, desc="masked-AR steps") if progress_bar is None else \
+            progress_bar(steps)
+        for step in steps:
+            repeat = rows // batch_size  # the unconditional rows see the same partial images
+            hidden = runner.hidden_states(tokens.repeat(repeat, 1, 1), still_masked.repeat(repeat, 1))
+            # The next tokens in each image's own order ([n_b] each; n_b can differ between images under masks).
+            leaving = [order[revealed[b]:len(order) - schedules[b][step]] for b, order in enumerate(orders)]
+            counts = [len(chosen) for chosen in leaving]
+            if sum(counts):
+                cond = torch.cat([hidden[b, chosen] for b, chosen in enumerate(leaving)])
+                uncond = torch.cat([hidden[batch_size + b, chosen] for b, chosen in enumerate(leaving)]) \
+                    if with_uncond else None
+                # Linear CFG grows with what the image shows: its known tokens count as revealed.
+                visible_after = num_tokens - max(schedules[b][step] for b in range(batch_size))
+                guidance = guidance_for_step(guidance_scale, guidance_schedule, visible_after, num_tokens)
+                new_tokens = model.diffusion_head.sample(
+                    cond, scheduler, num_inference_steps, randomness.normal(counts, cfg.token_dim),
+                    uncond_conditions=uncond, guidance_scale=guidance,
+                    generator=randomness.per_row_generators(counts), temperature=temperature).to(tokens.dtype)
+                for b, new in zip(range(batch_size), new_tokens.split(counts)):
+                    tokens[b, leaving[b]] = new
+                    still_masked[b, leaving[b]] = False
+            revealed = [len(order) - schedules[b][step] for b, order in enumerate(orders)]
+            if callback_on_step_end is not None:
+                callback_on_step_end(step, tokens.clone(), still_masked.clone())
 
     if output_type == "latent":
         return tokens
     pixels = model.model.decode_image_tokens(tokens)
+    if image is not None and model.model.vae is None:  # pixel patches: the kept pixels are the input's, bit for bit
+        keep = ~pixel_mask_from_token_mask(to_generate, cfg).to(device)
+        given = expand_images(image, input_ids.shape[0], num_images_per_prompt).to(device).float()
+        pixels = torch.where(keep, given, pixels)
     return VaeImageProcessor(do_normalize=True).postprocess(pixels.float(), output_type=output_type)
 
 
