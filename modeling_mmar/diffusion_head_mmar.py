@@ -161,12 +161,13 @@ class MMARDiffusionHead(nn.Module):
 
     @torch.no_grad()
     def sample(self, conditions: torch.Tensor, scheduler, num_inference_steps: int, initial_noise: torch.Tensor,
-               uncond_conditions: torch.Tensor | None = None, guidance_scale: float = 1.0,
+               uncond_conditions: torch.Tensor | None = None, guidance_scale: float | torch.Tensor = 1.0,
                generator: list[torch.Generator] | torch.Generator | None = None,
                temperature: float = 1.0) -> torch.Tensor:
         """
         Reverse diffusion of M tokens from `initial_noise` [M, D] given LLM states `conditions` [M, H], with
-        classifier-free guidance against `uncond_conditions` [M, H] (None: no CFG). `generator` is passed to every
+        classifier-free guidance against `uncond_conditions` [M, H] (None: no CFG; `guidance_scale` a float or one
+        per row, [M, 1]). `generator` is passed to every
         `scheduler.step` (a list: one per token row); `temperature` scales MMARScheduler's injected noise.
         """
         from .scheduling_mmar import MMARScheduler

@@ -20,6 +20,12 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 from transformers.utils import logging
 
+from .inpainting_mmar import (
+    check_image_for_inpainting,
+    expand_images,
+    pixel_mask_from_token_mask,
+    token_mask_from_mask_image,
+)
 from .input_checks_mmar import (
     check_attention_mask,
     check_bool,
@@ -31,12 +37,6 @@ from .input_checks_mmar import (
     check_int,
     check_token_ids,
     embedding_rows,
-)
-from .inpainting_mmar import (
-    check_image_for_inpainting,
-    expand_images,
-    pixel_mask_from_token_mask,
-    token_mask_from_mask_image,
 )
 from .scheduling_mmar import MMARScheduler  # raises the ImportError that says to install diffusers
 
@@ -376,9 +376,11 @@ def generate_images(
                 cond = torch.cat([hidden[b, chosen] for b, chosen in enumerate(leaving)])
                 uncond = torch.cat([hidden[batch_size + b, chosen] for b, chosen in enumerate(leaving)]) \
                     if with_uncond else None
-                # Linear CFG grows with what the image shows: its known tokens count as revealed.
-                visible_after = num_tokens - max(schedules[b][step] for b in range(batch_size))
-                guidance = guidance_for_step(guidance_scale, guidance_schedule, visible_after, num_tokens)
+                # Linear CFG grows with what each image shows (its known tokens count as revealed): one scale per row.
+                scales = [guidance_for_step(guidance_scale, guidance_schedule, num_tokens - schedules[b][step],
+                                            num_tokens) for b in range(batch_size)]
+                guidance = scales[0] if len(set(scales)) == 1 else torch.tensor(
+                    scales, device=device).repeat_interleave(torch.tensor(counts, device=device)).unsqueeze(-1)
                 new_tokens = model.diffusion_head.sample(
                     cond, scheduler, num_inference_steps, randomness.normal(counts, cfg.token_dim),
                     uncond_conditions=uncond, guidance_scale=guidance,

@@ -54,3 +54,18 @@ def test_the_model_names_held_out_digits(trained_model_dir):
     accuracy = float(np.mean([n == label for n, label in zip(named, heldout["label"])]))
     assert accuracy >= 0.8, f"named {accuracy:.0%} of held-out digits: {answers[:10]}"
     assert set(answers) <= set(DIGIT_WORDS), answers  # answers are digit words, nothing else
+
+
+def test_lower_half_completions_read_as_their_caption(trained_model_dir):
+    import processors  # noqa: F401  (diffusers resolves the processor component by its module)
+    from modeling_mmar import MMARInpaintPipeline
+    from training.inpainting_eval import evaluate_inpainting, heldout_digit_images
+
+    pipe = MMARInpaintPipeline.from_pretrained(trained_model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    images, labels = heldout_digit_images(60)  # never trained on
+    rates, results = evaluate_inpainting(pipe, images, labels, seed=0)
+
+    assert rates["upper_half_max_abs_change"] < 1e-6  # the given half is the input's
+    assert rates["right_caption_accuracy"] >= 0.85, rates
+    assert rates["wrong_caption_follows_caption"] > 0.1, rates  # the caption steers the completion
