@@ -166,6 +166,7 @@ def _quiet_library_noise() -> None:
     import logging
 
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    logging.getLogger("kernels").setLevel(logging.ERROR)  # "Skipping publisher trust check" when offline
 
 
 def main(argv: list[str] | None = None) -> int:
