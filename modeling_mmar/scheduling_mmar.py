@@ -13,10 +13,13 @@ import torch
 # Guarded so that transformers' remote-code import check does not demand diffusers from users who only need text:
 # the diffusion process (image generation, the image loss) imports this module when it first runs.
 try:
-    from diffusers import DDIMScheduler, DDPMScheduler
     # Not used here directly: diffusers' pipeline loader finds a custom component's loading method by looking its
     # base class (SchedulerMixin) up in the component's own module, so MMARPipeline.from_pretrained needs the name.
-    from diffusers import SchedulerMixin  # noqa: F401
+    from diffusers import (
+        DDIMScheduler,
+        DDPMScheduler,
+        SchedulerMixin,  # noqa: F401
+    )
     from diffusers.configuration_utils import register_to_config
     from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
     from diffusers.utils.torch_utils import randn_tensor
