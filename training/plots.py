@@ -46,6 +46,37 @@ def plot_loss(log_history: list[dict], path: str, title: str = "MMAR training") 
     plt.close(fig)
 
 
+def plot_vae_loss(history: list[dict], path: str, title: str = "VAE training") -> None:
+    """Reconstruction MSE and KL (per latent element) of a `mmar train-vae` run against the step."""
+    if not history:
+        raise ValueError("No VAE losses were logged")
+    steps = [row["step"] for row in history]
+    fig, mse_axis = plt.subplots(figsize=(7, 4.2))
+    mse_axis.plot(steps, [row["reconstruction_mse"] for row in history], color="tab:blue", label="reconstruction MSE")
+    mse_axis.set_xlabel("optimizer step")
+    mse_axis.set_ylabel("reconstruction MSE (pixels in [-1, 1])")
+    mse_axis.set_yscale("log")
+    kl_axis = mse_axis.twinx()
+    kl_axis.plot(steps, [row["kl"] for row in history], color="tab:orange", label="KL per latent element")
+    kl_axis.set_ylabel("KL per latent element")
+    handles = mse_axis.get_legend_handles_labels()[0] + kl_axis.get_legend_handles_labels()[0]
+    mse_axis.legend(handles, [h.get_label() for h in handles], fontsize=8)
+    mse_axis.set_title(title)
+    mse_axis.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_reconstructions(originals, reconstructions, path: str, title: str = "", cols: int = 10) -> None:
+    """Originals above their reconstructions, `cols` pairs per row pair; images [N, (C,) H, W] in [0, 1]."""
+    rows, labels = [], []
+    for start in range(0, len(originals) - cols + 1, cols):
+        rows += [list(originals[start : start + cols]), list(reconstructions[start : start + cols])]
+        labels += ["original", "VAE"]
+    plot_digit_grid(rows, path, labels, title=title)
+
+
 def _as_gray(image) -> np.ndarray:
     array = image.detach().float().cpu().numpy() if hasattr(image, "detach") else np.asarray(image, np.float32)
     if array.ndim == 3:
