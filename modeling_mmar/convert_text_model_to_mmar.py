@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
 import os
 import tempfile
 
@@ -69,7 +70,8 @@ def _load_tokenizer(tokenizer, source: str | None):
         return AutoTokenizer.from_pretrained(folder)
 
 
-def _load_vae(vae):
+def load_vae(vae):
+    """None, an `AutoencoderKL`, or the path of a diffusers VAE folder (or of a pipeline folder with `vae/`)."""
     if vae is None:
         return None
     if AutoencoderKL is None:
@@ -78,13 +80,22 @@ def _load_vae(vae):
         path = str(vae)
         # A diffusers pipeline folder keeps its VAE in vae/.
         subfolder = "vae" if os.path.isfile(os.path.join(path, "vae", "config.json")) else None
+        config_path = os.path.join(path, subfolder or "", "config.json")
+        if os.path.isdir(path):  # (a Hub id is left to diffusers)
+            if not os.path.isfile(config_path):
+                raise ValueError(f"{path!r} is not a diffusers VAE folder: it has no config.json (nor vae/config.json)")
+            with open(config_path, encoding="utf-8") as f:
+                class_name = json.load(f).get("_class_name")
+            if class_name != "AutoencoderKL":
+                raise ValueError(f"{path!r} is not a diffusers AutoencoderKL folder: its config.json is for "
+                                 f"{class_name or 'no diffusers class'}")
         return AutoencoderKL.from_pretrained(path, subfolder=subfolder)
     if not isinstance(vae, AutoencoderKL):
         raise ValueError(f"vae must be None, a diffusers AutoencoderKL or its path, got {type(vae).__name__}")
     return vae
 
 
-def _vae_config(vae) -> dict:
+def vae_init_kwargs(vae) -> dict:
     """The AutoencoderKL init kwargs of `vae` (its config minus diffusers' bookkeeping keys), JSON-friendly."""
     init_args = set(inspect.signature(AutoencoderKL.__init__).parameters) - {"self"}
     return {key: list(value) if isinstance(value, tuple) else value
@@ -124,7 +135,7 @@ def _build_config(text_model, tokenizer, token_ids, vae, image_size, patch_size,
     config_kwargs.setdefault("tie_word_embeddings", bool(getattr(text_config, "tie_word_embeddings", False)))
     return MMARConfig(
         text_config=text_config,
-        vae_config=_vae_config(vae) if vae is not None else None,
+        vae_config=vae_init_kwargs(vae) if vae is not None else None,
         **token_ids,
         **{**geometry, **config_kwargs},
     )
@@ -155,7 +166,7 @@ def from_text_model(
     """See `MMARForConditionalGeneration.from_text_model`."""
     text_model, source = _load_text_model(text_model_or_path, dtype)
     tokenizer = _load_tokenizer(tokenizer, source)
-    vae = _load_vae(vae)
+    vae = load_vae(vae)
 
     token_ids = _prepare_tokenizer(tokenizer)
     if len(tokenizer) > text_model.config.vocab_size:

@@ -17,7 +17,13 @@ from .configuration_mmar import MMARConfig
 from .diffusion_head_mmar import MMARDiffusionHead
 from .embedder_mmar import MMARImageEmbedder
 from .generation_mmar import MMARGenerationMixin
-from .input_checks_mmar import check_labels, check_sequence, embedding_rows, resolve_pretrained_path, shareable_permissions
+from .input_checks_mmar import (
+    check_labels,
+    check_sequence,
+    embedding_rows,
+    resolve_pretrained_path,
+    shareable_permissions,
+)
 
 if TYPE_CHECKING:  # never run: diffusers copies only the modules a remote-code file names itself
     from .sampling_mmar import generate_images  # noqa: F401

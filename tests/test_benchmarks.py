@@ -193,9 +193,9 @@ def test_gpu_suite_code_runs_end_to_end_on_cpu_at_a_tiny_size(tmp_path):
 
 def test_paper_training_section_reports_the_overhead_targets(tmp_path):
     """The cpu-paper suite's section (run here at a tiny size) reports MMAR vs the LM with the targets."""
-    from benchmarks.runner import run_suite
-
     from conftest import TINY_VAE
+
+    from benchmarks.runner import run_suite
 
     config = {"text_config": tiny_config().text_config.to_dict(), "image_size": 8, "num_channels": 1,
               "vae_config": dict(TINY_VAE), "patch_size": 1, "head_width": 32, "head_depth": 1}

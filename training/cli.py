@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stop training cleanly after this many seconds; evaluation still runs "
                            f"(default: the config's time_budget, else {DEFAULT_TIME_BUDGET:.0f})")
     demo.add_argument("--config", default=str(DEFAULT_RUN_CONFIG), type=_existing_file, help="run config YAML (default: digits.yaml)")
+    demo.add_argument("--vae", default=None, type=_existing_folder,
+                      help="a trained diffusers AutoencoderKL folder (e.g. from `mmar train-vae`) for a config over "
+                           "VAE latents; without it such a config trains its VAE first")
     _add_overrides(demo, "model.head_width=256 training.max_steps=4000")
 
     train = commands.add_parser("train", help="train MMAR with transformers' Trainer from a YAML run config; writes "

@@ -22,10 +22,10 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def load_pipeline(model_dir: str, device: str | None = None, dtype: str = "float32", trust_remote_code: bool = False):
     """An MMARPipeline from a pipeline folder or from a model + processor folder."""
-    import processors  # noqa: F401  (registers the Auto classes)
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     import modeling_mmar
+    import processors  # noqa: F401  (registers the Auto classes)
     from modeling_mmar import MMARPipeline, MMARScheduler
 
     folder = Path(model_dir)

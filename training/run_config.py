@@ -2,12 +2,13 @@
 
     seed: 0
     data:          {dataset: digits | <imagefolder dir or datasets name>, image_column, caption_column, ...}
-    model:         MMARConfig fields (text_config: any causal-LM config dict)
+    model:         MMARConfig fields (text_config: any causal-LM config dict), and vae: a diffusers VAE folder
     collator:      MMARDataCollator options (understanding_ratio, mask_ratio_min, caption_dropout, ...)
     mask_schedule: {stage2_start_step, stage2_mask_ratio_min}
     training:      transformers.TrainingArguments fields
     evaluation:    how `mmar demo` samples and scores (num_iter, guidance_scale, seeds_per_digit, ...)
     time_budget:   seconds of training after which it stops cleanly (null = no limit)
+    vae_training:  `mmar demo` only: a `mmar train-vae` config (relative to this file) run first when model.vae is unset
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from .cli import CONFIG_DIR  # the command line's defaults are the library's
 from .cli import DEFAULT_RUN_CONFIG as DEFAULT_CONFIG
 
 DATA_KEYS = {
-    "dataset": "'digits' (embedded) or an imagefolder directory / datasets name or path",
-    "image_size": "digits only: size the 8x8 digits are brought to (default: model.image_size)",
+    "dataset": "'digits' or 'mnist' (embedded) or an imagefolder directory / datasets name or path",
+    "image_size": "digits / mnist only: size the digits are brought to (default: model.image_size)",
     "image_column": "image column of a generic dataset",
     "caption_column": "caption column of a generic dataset",
     "split": "training split of a generic dataset",
@@ -51,7 +52,8 @@ EVALUATION_KEYS = {
     "max_new_tokens": "caption length limit",
     "batch_size": "images generated / captioned per batch",
 }
-TOP_LEVEL_KEYS = ("seed", "data", "model", "collator", "mask_schedule", "training", "evaluation", "time_budget")
+TOP_LEVEL_KEYS = ("seed", "data", "model", "collator", "mask_schedule", "training", "evaluation", "time_budget",
+                  "vae_training")
 
 
 class _Loader(yaml.SafeLoader):
@@ -117,7 +119,8 @@ def _allowed_model_keys() -> set[str]:
     from modeling_mmar import MMARConfig
 
     keys = {f.name for f in dataclasses.fields(MMARConfig)}
-    return keys | set(inspect.signature(MMARConfig.__init__).parameters) - {"self", "kwargs"}
+    # `vae`: the path of a trained diffusers AutoencoderKL folder, loaded as the image tokenizer.
+    return keys | set(inspect.signature(MMARConfig.__init__).parameters) - {"self", "kwargs"} | {"vae"}
 
 
 def _allowed_collator_keys() -> set[str]:
@@ -193,6 +196,9 @@ def validate_config(config: dict, source: str = "config") -> None:
     _check_value_types("training", config.get("training"), _dataclass_defaults(TrainingArguments))
     _check_value_types("model", config.get("model"), _dataclass_defaults(MMARConfig))
     _check_value_types("collator", config.get("collator"), _signature_defaults(MMARDataCollator.__init__))
+    vae_training = config.get("vae_training")
+    if vae_training is not None and not (Path(source).parent / str(vae_training)).is_file():
+        raise ValueError(f"vae_training names {vae_training!r}, which is not a file next to {source}")
     budget = config.get("time_budget")
     if budget is not None and (not isinstance(budget, (int, float)) or budget <= 0):
         raise ValueError(f"time_budget must be a positive number of seconds or null, got {budget!r}")

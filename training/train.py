@@ -24,7 +24,7 @@ from transformers import Trainer, TrainingArguments, set_seed
 
 from .callbacks import MaskStageCallback, TimeBudgetCallback
 from .collator import MMARDataCollator
-from .data import digits_corpus, load_digits_dataset, load_image_text_dataset
+from .data import DIGIT_DATASETS, digits_corpus, load_digit_dataset, load_image_text_dataset
 from .image_token_cache import add_image_tokens
 from .plots import plot_loss
 from .run_config import load_config
@@ -117,8 +117,8 @@ class TrainingRun:
 def build_datasets(data_config: dict, image_size: int, seed: int):
     """(train, held-out, tokenizer corpus) for the config's `data` section."""
     name = data_config.get("dataset", "digits")
-    if name == "digits":
-        splits = load_digits_dataset(image_size=data_config.get("image_size") or image_size, seed=seed)
+    if name in DIGIT_DATASETS:
+        splits = load_digit_dataset(name, image_size=data_config.get("image_size") or image_size, seed=seed)
         return splits["train"], splits["heldout"], digits_corpus()
     common = dict(image_column=data_config.get("image_column", "image"),
                   caption_column=data_config.get("caption_column", "text"),
@@ -162,11 +162,24 @@ def _token_id(tokenizer, token: str) -> int:
     return int(token_id)
 
 
-def build_model_config(model_config: dict, tokenizer):
-    """MMARConfig from the `model` section, with vocabulary size and special-token ids taken from the tokenizer."""
+def build_model_config(model_config: dict, tokenizer, vae=None):
+    """MMARConfig from the `model` section, with vocabulary size and special-token ids taken from the tokenizer,
+    and the VAE's architecture, channels and latent shift / scale taken from `vae` (a loaded AutoencoderKL)."""
     from modeling_mmar import MMARConfig
+    from modeling_mmar.convert_text_model_to_mmar import vae_init_kwargs
 
     model_config = dict(model_config or {})
+    model_config.pop("vae", None)
+    if vae is not None:
+        derived = {"vae_config", "vae_scaling_factor", "vae_shift_factor", "num_channels"} & set(model_config)
+        if derived:
+            raise ValueError(f"model.vae is set: {sorted(derived)} come from the VAE's own config; remove them")
+        model_config.update(
+            vae_config=vae_init_kwargs(vae),
+            vae_scaling_factor=float(vae.config.scaling_factor),
+            vae_shift_factor=float(getattr(vae.config, "shift_factor", None) or 0.0),
+            num_channels=int(vae.config.in_channels),
+        )
     text_config = dict(model_config.pop("text_config", None) or {})
     text_config.setdefault("model_type", "qwen2")
     text_config.update(
@@ -210,6 +223,7 @@ def build_training_arguments(training_config: dict, output_dir: str | None = Non
 def build_run(config: dict, output_dir: str | None = None) -> TrainingRun:
     """Build tokenizer, model, processor, data, collator and Trainer from a validated config dict."""
     from modeling_mmar import MMARForConditionalGeneration
+    from modeling_mmar.convert_text_model_to_mmar import load_vae
     from processors import MMARProcessor
 
     seed = int(config.get("seed", 0))
@@ -217,9 +231,12 @@ def build_run(config: dict, output_dir: str | None = None) -> TrainingRun:
     model_section = config.get("model") or {}
     train_dataset, eval_dataset, corpus = build_datasets(data_config, model_section.get("image_size", 8), seed)
     tokenizer = build_tokenizer_for(data_config, corpus)
-    model_config = build_model_config(model_section, tokenizer)
+    vae = load_vae(model_section.get("vae"))  # a trained image tokenizer (diffusers folder), or None
+    model_config = build_model_config(model_section, tokenizer, vae)
     set_seed(seed)  # the model's initial weights depend on the seed only
     model = MMARForConditionalGeneration(model_config)
+    if vae is not None:
+        model.model.vae.load_state_dict(vae.state_dict())
     processor = MMARProcessor.from_model_config(model_config, tokenizer=tokenizer)
 
     collator_config = {**(config.get("collator") or {}), **(config.get("mask_schedule") or {})}

@@ -13,7 +13,7 @@ import datasets
 import evaluate
 import numpy as np
 
-from training.data import digits_arrays
+from training.data import digit_dataset_arrays
 from training.judge import frechet_distance, get_judge
 
 _DESCRIPTION = "Frechet distance between image sets in the feature space of a digit classifier (digits' 'FID')."
@@ -23,6 +23,7 @@ Args:
     reference_split (`str`, default "heldout"): real digits to compare with: "heldout" or "train".
     reference_images (optional): compare with these images instead (same format as predictions).
     judge_seed (`int`, default 0): seed of the digits split (judge and reference split).
+    judge_dataset (`str`, default "digits"): the embedded dataset of the judge and the reference images ("mnist").
 Returns:
     digit_fd (`float`), num_samples (`int`), num_reference_samples (`int`).
 """
@@ -43,13 +44,14 @@ class DigitFD(evaluate.Metric):
             ],
         )
 
-    def _compute(self, predictions, reference_split: str = "heldout", reference_images=None, judge_seed: int = 0):
-        judge = get_judge(judge_seed)
+    def _compute(self, predictions, reference_split: str = "heldout", reference_images=None, judge_seed: int = 0,
+                 judge_dataset: str = "digits"):
+        judge = get_judge(judge_seed, dataset=judge_dataset)
         if reference_images is None:
             if reference_split not in ("heldout", "train"):
                 raise ValueError(f"reference_split must be 'heldout' or 'train', got {reference_split!r}")
-            images, _, train_idx, heldout_idx = digits_arrays(judge_seed)
-            reference_images = images[heldout_idx if reference_split == "heldout" else train_idx] / 16.0
+            images, _, train_idx, heldout_idx = digit_dataset_arrays(judge_dataset, judge_seed)
+            reference_images = images[heldout_idx if reference_split == "heldout" else train_idx]
         generated = judge.features(np.asarray(predictions, dtype=np.float32))
         reference = judge.features(reference_images)
         return {

@@ -21,6 +21,7 @@ Args:
         to 8x8 for the judge).
     references (`list[int]`): the digit each image was generated for.
     judge_seed (`int`, default 0): seed of the digits split the judge is trained on.
+    judge_dataset (`str`, default "digits"): the embedded dataset the judge is trained on: "digits" or "mnist".
 Returns:
     generated_digit_accuracy (`float`), per_digit_accuracy (`dict[int, float]`), judge_heldout_accuracy
     (`float`, the judge's own accuracy on real held-out digits), num_samples (`int`).
@@ -43,10 +44,10 @@ class GeneratedDigitAccuracy(evaluate.Metric):
             ],
         )
 
-    def _compute(self, predictions, references, judge_seed: int = 0):
+    def _compute(self, predictions, references, judge_seed: int = 0, judge_dataset: str = "digits"):
         if len(predictions) == 0:
             raise ValueError("generated_digit_accuracy needs at least one image")
-        judge = get_judge(judge_seed)
+        judge = get_judge(judge_seed, dataset=judge_dataset)
         read = judge.predict(np.asarray(predictions, dtype=np.float32))
         references = np.asarray(references)
         if ((references < 0) | (references > 9)).any():
