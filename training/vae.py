@@ -23,14 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from tqdm.auto import tqdm
 
 from modeling_mmar.input_checks_mmar import shareable_permissions
 
 from .cli import DEFAULT_VAE_CONFIG
 from .data import DIGIT_DATASETS, digit_dataset_arrays
-from .run_config import _Loader, apply_overrides
+from .run_config import read_config_file
 
 VAE_TRAINING_DEFAULTS = {
     "output_dir": None,
@@ -48,14 +47,7 @@ RECONSTRUCTION_FIGURE_IMAGES = 20
 def load_vae_config(path: str | Path = DEFAULT_VAE_CONFIG, overrides: list[str] | None = None) -> dict:
     """Read a VAE run config (`seed`, `data.dataset`, `vae`: AutoencoderKL kwargs, `training`), apply `a.b=value`
     overrides and check every key."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"VAE config file {str(path)!r} does not exist")
-    with open(path, encoding="utf-8") as f:
-        config = yaml.load(f, Loader=_Loader) or {}
-    if not isinstance(config, dict):
-        raise ValueError(f"VAE config file {str(path)!r} must hold a mapping of sections")
-    config = apply_overrides(config, overrides or [])
+    config = read_config_file(path, overrides)
     unknown = sorted(set(config) - {"seed", "data", "vae", "training"})
     if unknown:
         raise ValueError(f"Unknown section(s) {unknown} in {path}; known sections: seed, data, vae, training")
