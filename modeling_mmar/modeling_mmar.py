@@ -17,6 +17,7 @@ from .configuration_mmar import MMARConfig
 from .diffusion_head_mmar import MMARDiffusionHead
 from .embedder_mmar import MMARImageEmbedder
 from .generation_mmar import MMARGenerationMixin
+from .image_experts_mmar import IMAGE_POSITIONS_KWARG, add_image_experts, freeze_text_model_of
 from .input_checks_mmar import (
     check_labels,
     check_sequence,
@@ -127,6 +128,7 @@ class MMARPreTrainedModel(PreTrainedModel):
         for module in model.modules():
             if isinstance(module, MMARModel):
                 module.freeze_image_tokenizer()
+        freeze_text_model_of(model)  # config.freeze_text_model
         return loaded
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -157,6 +159,8 @@ class MMARModel(MMARPreTrainedModel):
     def __init__(self, config: MMARConfig):
         super().__init__(config)
         self.language_model = AutoModel.from_config(config.text_config)
+        if config.image_expert is not None:  # own weights for image positions, see image_experts_mmar.py
+            add_image_experts(self.language_model, config.image_expert)
         if config.vae_config is not None:
             if AutoencoderKL is None:
                 raise ImportError("vae_config is set but diffusers is not installed: pip install diffusers")
@@ -176,6 +180,7 @@ class MMARModel(MMARPreTrainedModel):
         self._owner_computes_image_loss = False
         self._inside_owner_forward = False
         self.post_init()
+        freeze_text_model_of(self)
 
     def _check_image_loss_not_bypassed(self, image_mask: torch.Tensor) -> None:
         if (self._owner_computes_image_loss and not self._inside_owner_forward and self.training
@@ -285,7 +290,7 @@ class MMARModel(MMARPreTrainedModel):
         elif has_images:
             raise ValueError("Images need input_ids (to find their <img> spans); inputs_embeds was given instead")
 
-        block_ids = None
+        block_ids = image_positions = None
         if input_ids is not None:
             num_spans = check_image_spans(input_ids, cfg.image_token_id, cfg.tokens_per_image)
             if num_spans and not has_images:
@@ -312,19 +317,23 @@ class MMARModel(MMARPreTrainedModel):
             elif image_mask is not None:
                 raise ValueError("image_mask was given without images")
             if num_spans:
+                image_positions = input_ids == cfg.image_token_id
                 block_ids = image_block_ids(input_ids, cfg.image_token_id)
                 past_length = cache.get_seq_length() if cache is not None else 0
                 if past_length:
                     block_ids = nn.functional.pad(block_ids, (past_length, 0), value=-1)
 
         return self.forward_embedded(inputs_embeds, attention_mask, position_ids, cache, block_ids, use_cache,
-                                     image_tokens=image_tokens, **kwargs)
+                                     image_tokens=image_tokens, image_positions=image_positions, **kwargs)
 
     def forward_embedded(self, inputs_embeds, attention_mask=None, position_ids=None, cache=None, block_ids=None,
-                         use_cache=None, image_tokens=None, **kwargs) -> MMARModelOutputWithPast:
-        """The LLM over embedded inputs, the image spans of `block_ids` (`image_block_ids`) bidirectional. Checks
-        nothing: `forward` checks what users pass, the image sampler calls this at every masked-AR step with inputs
-        it checked once (and a dict of masks it built once, which is used as given)."""
+                         use_cache=None, image_tokens=None, image_positions=None, **kwargs) -> MMARModelOutputWithPast:
+        """The LLM over embedded inputs, the image spans of `block_ids` (`image_block_ids`) bidirectional, the
+        `image_positions` (bool [batch, seq]) run by the image experts if any. Checks nothing: `forward` checks what
+        users pass, the image sampler calls this at every masked-AR step with inputs it checked once (and a dict of
+        masks it built once, which is used as given)."""
+        if image_positions is not None and self.config.image_expert is not None:
+            kwargs[IMAGE_POSITIONS_KWARG] = image_positions
         if block_ids is not None and not isinstance(attention_mask, dict):
             attention_mask = self._image_span_masks(inputs_embeds, attention_mask, cache, position_ids, block_ids)
         outputs = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
@@ -354,22 +363,24 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
         )
         self._noise_scheduler = None
         self.post_init()
+        freeze_text_model_of(self)
 
     @classmethod
     def from_text_model(cls, text_model_or_path, vae=None, tokenizer=None, image_size=None, patch_size=None,
-                        num_channels=None, dtype=None, **config_kwargs):
+                        num_channels=None, dtype=None, gguf_file=None, **config_kwargs):
         r"""
         A new MMAR model around a pretrained causal LM, whose weights are kept exactly.
 
         Args:
-            text_model_or_path: an `AutoModelForCausalLM` model, or its local path / Hub id. The embeddings grow by
-                the image tokens `<boi>`, `<img>`, `<eoi>` its tokenizer lacks.
+            text_model_or_path: an `AutoModelForCausalLM` model, its local path / Hub id, a `.gguf` file, or an
+                embedded name ("smollm2"). The embeddings grow by the image tokens its tokenizer lacks.
             vae: `None` (pixel-patch tokens), a diffusers `AutoencoderKL` or its path (a pipeline folder's `vae/`
                 works too); its weights and scaling/shift factors are kept.
             tokenizer: the LLM's tokenizer or its path (default: the text model's path), left unchanged.
             image_size, patch_size, num_channels: image geometry (default: the VAE's, else MMARConfig's).
             dtype: dtype of the new model (default: the text model's; the VAE stays float32).
-            **config_kwargs: any other `MMARConfig` field (head_width, embedder_depth, ...).
+            gguf_file: a GGUF checkpoint inside the folder `text_model_or_path` (needs `pip install gguf`).
+            **config_kwargs: any other `MMARConfig` field (head_width, image_expert, freeze_text_model, ...).
 
         ```python
         model = MMARForConditionalGeneration.from_text_model("Qwen/Qwen2-0.5B", vae="path/to/kl16", image_size=256)
@@ -379,7 +390,8 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
         from .convert_text_model_to_mmar import from_text_model
 
         return from_text_model(cls, text_model_or_path, vae=vae, tokenizer=tokenizer, image_size=image_size,
-                               patch_size=patch_size, num_channels=num_channels, dtype=dtype, **config_kwargs)
+                               patch_size=patch_size, num_channels=num_channels, dtype=dtype, gguf_file=gguf_file,
+                               **config_kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # transformers writes auto_map entries only for AutoConfig and the class's own auto class; users of the
