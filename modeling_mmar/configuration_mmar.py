@@ -84,7 +84,10 @@ class MMARConfig(PreTrainedConfig):
         prediction_type (`str`, *optional*, defaults to `"v_prediction"`):
             What the head regresses: `"v_prediction"` (MMAR's choice), `"epsilon"` or `"sample"`.
         image_loss_weight (`float`, *optional*, defaults to 1.0):
-            `loss = text_loss + image_loss_weight * image_loss`.
+            `loss = text_loss_weight * text_loss + image_loss_weight * image_loss`: the weight of the generation task
+            (the image loss comes from generated images only).
+        text_loss_weight (`float`, *optional*, defaults to 1.0):
+            The weight of the text loss, i.e. of the understanding task in MMAR's training batches.
         boi_token_id (`int`, *optional*, defaults to 4):
             Id of `<boi>`, which opens an image span.
         image_token_id (`int`, *optional*, defaults to 5):
@@ -123,6 +126,7 @@ class MMARConfig(PreTrainedConfig):
     noise_schedule: str = "squaredcos_cap_v2"
     prediction_type: str = "v_prediction"
     image_loss_weight: float | int = 1.0
+    text_loss_weight: float | int = 1.0
     boi_token_id: int = 4
     image_token_id: int = 5
     eoi_token_id: int = 6
@@ -136,7 +140,7 @@ class MMARConfig(PreTrainedConfig):
             fields = sorted(f.name for f in dataclasses.fields(self) if not f.name.startswith("_"))
             raise ValueError(f"MMARConfig got unknown argument(s) {unknown}; its fields are: {', '.join(fields)}")
         super().__post_init__(**kwargs)  # text_config becomes a PreTrainedConfig here
-        for name in ("vae_scaling_factor", "vae_shift_factor", "image_loss_weight"):  # 1 -> 1.0 in config.json
+        for name in ("vae_scaling_factor", "vae_shift_factor", "image_loss_weight", "text_loss_weight"):  # 1 -> 1.0 in config.json
             setattr(self, name, float(getattr(self, name)))
         # Checked here too (not only by @strict's validators) so that users get a plain ValueError.
         self.validate_mmar()
@@ -252,8 +256,9 @@ class MMARConfig(PreTrainedConfig):
             )
         if not self.vae_scaling_factor > 0:
             raise ValueError(f"MMARConfig.vae_scaling_factor must be > 0, got {self.vae_scaling_factor}")
-        if not self.image_loss_weight >= 0:
-            raise ValueError(f"MMARConfig.image_loss_weight must be >= 0, got {self.image_loss_weight}")
+        for name in ("image_loss_weight", "text_loss_weight"):
+            if not 0 <= getattr(self, name) < float("inf"):
+                raise ValueError(f"MMARConfig.{name} must be a finite number >= 0, got {getattr(self, name)}")
 
     def _check_image_token_ids(self):
         ids = {"boi_token_id": self.boi_token_id, "image_token_id": self.image_token_id,

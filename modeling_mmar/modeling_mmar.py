@@ -68,7 +68,7 @@ class MMARCausalLMOutputWithPast(CausalLMOutputWithPast):
     r"""
     Args:
         loss (`torch.FloatTensor` of shape `(1,)`, *optional*, returned when `labels` or `image_mask` is given):
-            `text_loss + image_loss_weight * image_loss` (whichever are present).
+            `text_loss_weight * text_loss + image_loss_weight * image_loss` (whichever are present).
         logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`):
             Scores of the language-modeling head.
         cache (`Cache`, *optional*, returned when `use_cache=True`):
@@ -488,7 +488,7 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
 
         loss = None
         if text_loss is not None:
-            loss = text_loss
+            loss = self.config.text_loss_weight * text_loss
         if image_loss is not None:
             weighted = self.config.image_loss_weight * image_loss
             loss = weighted if loss is None else loss + weighted
