@@ -69,9 +69,10 @@ class ImagePositionsDelivery:
 
 
 def decoder_layers(language_model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """(attribute name, the ModuleList of decoder layers) of an HF decoder base model (`layers`, GPT-2's `h`, ...)."""
+    """(qualified name, the ModuleList of decoder layers) of an HF decoder base model (`layers`, GPT-2's `h`, OPT's
+    `decoder.layers`, ...): the first ModuleList of `num_hidden_layers` modules."""
     num_layers = getattr(language_model.config, "num_hidden_layers", None)
-    for name, child in language_model.named_children():
+    for name, child in language_model.named_modules():
         if isinstance(child, nn.ModuleList) and len(child) and (num_layers is None or len(child) == num_layers):
             return name, child
     raise ValueError(
