@@ -140,7 +140,8 @@ class MMARConfig(PreTrainedConfig):
             fields = sorted(f.name for f in dataclasses.fields(self) if not f.name.startswith("_"))
             raise ValueError(f"MMARConfig got unknown argument(s) {unknown}; its fields are: {', '.join(fields)}")
         super().__post_init__(**kwargs)  # text_config becomes a PreTrainedConfig here
-        for name in ("vae_scaling_factor", "vae_shift_factor", "image_loss_weight", "text_loss_weight"):  # 1 -> 1.0 in config.json
+        # 1 -> 1.0 in config.json
+        for name in ("vae_scaling_factor", "vae_shift_factor", "image_loss_weight", "text_loss_weight"):
             setattr(self, name, float(getattr(self, name)))
         # Checked here too (not only by @strict's validators) so that users get a plain ValueError.
         self.validate_mmar()

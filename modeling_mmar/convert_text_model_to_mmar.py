@@ -184,7 +184,8 @@ def _build_config(text_model, tokenizer, token_ids, vae, image_size, patch_size,
         raise ValueError(f"from_text_model derives {clashes} from the text model, tokenizer and VAE; do not pass them")
     text_config = copy.deepcopy(text_model.config)
     quantization = getattr(text_config, "quantization_config", None)
-    method = quantization.get("quant_method") if isinstance(quantization, dict) else getattr(quantization, "quant_method", None)
+    method = (quantization.get("quant_method") if isinstance(quantization, dict)
+              else getattr(quantization, "quant_method", None))
     if str(getattr(method, "value", method)) == "gguf":
         del text_config.quantization_config  # GGUF weights arrive dequantised: MMAR's copy is a plain float model
     if getattr(text_config, "pad_token_id", None) is None:

@@ -118,7 +118,8 @@ def expert_targets(language_model: nn.Module, kind: str) -> list[tuple[nn.Module
             )
         wrapped = [(layer, "mlp", f"{prefix}.mlp")]
         if kind == "attention":
-            missing = [name for name in ATTENTION_PROJECTIONS if not isinstance(getattr(attention, name, None), nn.Module)]
+            missing = [name for name in ATTENTION_PROJECTIONS
+                       if not isinstance(getattr(attention, name, None), nn.Module)]
             if missing:
                 raise ValueError(
                     f"image_expert='attention' needs {list(ATTENTION_PROJECTIONS)} projections; "
