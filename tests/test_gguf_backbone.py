@@ -85,14 +85,15 @@ def test_the_smollm2_run_config_trains_on_a_tiny_gguf_stand_in(gguf_backbone, tm
     path, text_model, _ = gguf_backbone
     config = load_config(os.path.join(CONFIG_DIR, "smollm2-digits.yaml"), [
         f"model.base_model={path}", "model.head_width=32", "model.head_depth=1", "training.max_steps=2",
-        "training.per_device_train_batch_size=8", "training.bf16=false", f"training.output_dir={tmp_path / 'run'}"])
+        "training.per_device_train_batch_size=8", "training.bf16=false", f"training.output_dir={tmp_path / 'run'}",
+        "collator.chat_replay_ratio=0.0"])  # a random tiny LLM ends no answer: chat replay has its own test
     run = train(config)
     history = [entry for entry in run.trainer.state.log_history if "loss" in entry]
     assert history and {"text_loss", "image_loss"} <= set(history[0])  # each task's loss, logged separately
 
     model = AutoModelForImageTextToText.from_pretrained(tmp_path / "run")
     processor = AutoProcessor.from_pretrained(tmp_path / "run")
-    assert (model.config.image_expert, model.config.freeze_text_model) == ("ffn", True)
+    assert (model.config.image_expert, model.config.freeze_text_model) == ("attention", True)
     assert TINY_CHAT_TEMPLATE in processor.chat_template
     text = processor.tokenizer(["The quick brown fox"], return_tensors="pt")
     with torch.no_grad():  # trained, and the text model is still the GGUF's, bit for bit

@@ -88,3 +88,40 @@ def test_text_loss_weight_and_image_loss_weight_weigh_the_two_tasks(rows, word_p
     torch.testing.assert_close(weighted.loss, 0.25 * plain.text_loss + 2.0 * plain.image_loss)
     with pytest.raises(ValueError, match="text_loss_weight must be a finite number >= 0"):
         tiny_config(text_loss_weight=float("nan"))
+
+
+def test_chat_replay_asks_general_questions_about_the_image_with_the_base_models_answers(rows, tmp_path):
+    from tiny_backbones import save_backbone
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from training.chat_replay import REPLAY_PROMPTS, base_chat_answers
+    from training.text_retention import CHAT_PROMPTS
+
+    assert not set(REPLAY_PROMPTS) & set(CHAT_PROMPTS)  # retention is measured on questions never replayed
+    path = save_backbone("llama", tmp_path / "llama")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    tokenizer.pad_token = tokenizer.eos_token
+    text_model = AutoModelForCausalLM.from_pretrained(path)
+    model = MMARForConditionalGeneration.from_text_model(text_model, tokenizer=tokenizer, image_size=8, patch_size=2,
+                                                         num_channels=1, image_expert="ffn", freeze_text_model=True)
+    processor = MMARProcessor.from_text_model(tokenizer, model.config)
+    stops = list(range(0, text_model.config.vocab_size, 4))  # a random tiny LLM: let a quarter of tokens end answers
+    for m in (text_model, model):
+        m.generation_config.eos_token_id = stops
+        m.generation_config.pad_token_id = tokenizer.pad_token_id
+    pairs = base_chat_answers(model, processor.tokenizer, REPLAY_PROMPTS[:12], max_new_tokens=6)
+    assert pairs and pairs == base_chat_answers(text_model, tokenizer, REPLAY_PROMPTS[:12], max_new_tokens=6)
+
+    collator = MMARDataCollator(processor, L, understanding_ratio=1.0, chat_template=True, chat_replay_ratio=1.0)
+    with pytest.raises(ValueError, match="set_chat_replay"):
+        collator(rows[:2])
+    collator.set_chat_replay([("What is the capital of Peru?", "Lima.")])
+    batch = collator(rows[:3])
+    for row in range(3):
+        text = processor.tokenizer.decode(batch["input_ids"][row][batch["attention_mask"][row].bool()])
+        assert "<s>user\n<boi><img>" in text and "What is the capital of Peru?</s>" in text
+        labelled = batch["labels"][row][batch["labels"][row] != IGNORE_INDEX]
+        assert processor.tokenizer.decode(labelled) == "Lima.</s>\n"
+    with pytest.raises(ValueError, match="chat_template=True"):
+        MMARDataCollator(processor, L, chat_replay_ratio=0.5)

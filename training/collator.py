@@ -5,7 +5,9 @@ Each row becomes ONE of two samples (sequence conventions fixed with the process
 - understanding (image -> text): `<bos><img>{question} {answer}<eos>`; the image is fully visible and only
   ` {answer}<eos>` carries labels. With `chat_template=True` the row is a chat conversation in the processor's
   chat template instead (a user turn with the image and the question, the assistant's answer), and the assistant
-  turn carries the labels: what a pretrained chat LLM (`MMARProcessor.from_text_model`) reads.
+  turn carries the labels: what a pretrained chat LLM (`MMARProcessor.from_text_model`) reads. With
+  `chat_replay_ratio` > 0 that share of understanding rows asks one of the `set_chat_replay` questions (general
+  questions with the base LLM's own answers, `training.chat_replay`) about the row's image instead.
 - generation (text -> image): `<bos>{caption}<img><eos>`; a random subset of the image's tokens is masked
   (True in `image_mask`) and gets the diffusion loss; no text labels. With probability `caption_dropout` the
   caption is the empty prompt, which trains the unconditional branch of classifier-free guidance.
@@ -67,8 +69,10 @@ class MMARDataCollator:
         stage2_mask_ratio_min: float = 0.0,
         task_mix: str = "row",
         chat_template: bool = False,
+        chat_replay_ratio: float = 0.0,
     ):
-        for name, value in (("understanding_ratio", understanding_ratio), ("caption_dropout", caption_dropout)):
+        for name, value in (("understanding_ratio", understanding_ratio), ("caption_dropout", caption_dropout),
+                            ("chat_replay_ratio", chat_replay_ratio)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"MMARDataCollator {name} must be in [0, 1], got {value}")
         if mask_ratio_std <= 0:
@@ -79,6 +83,8 @@ class MMARDataCollator:
             raise ValueError(f"MMARDataCollator task_mix must be one of {TASK_MIXES}, got {task_mix!r}")
         if chat_template and not getattr(processor, "chat_template", None):
             raise ValueError("MMARDataCollator chat_template=True needs a processor with a chat template")
+        if chat_replay_ratio and not chat_template:
+            raise ValueError("MMARDataCollator chat_replay_ratio > 0 replays chats: it needs chat_template=True")
         if tokens_per_image < 1:
             raise ValueError(f"MMARDataCollator tokens_per_image must be >= 1, got {tokens_per_image}")
         processor_tokens = getattr(processor, "num_image_tokens", tokens_per_image)
@@ -100,6 +106,8 @@ class MMARDataCollator:
         self.caption_dropout = caption_dropout
         self.task_mix = task_mix
         self.chat_template = chat_template
+        self.chat_replay_ratio = chat_replay_ratio
+        self.chat_replay: list[tuple[str, str]] = []
         self._chat_texts: dict[tuple[str, str], tuple[str, str]] = {}
         self.seed = seed
         self.epoch = 0
@@ -185,6 +193,10 @@ class MMARDataCollator:
             question, answer = example.get("question") or "", example.get("answer")
             if answer is None:
                 answer = example["caption"]
+            if self.chat_replay_ratio and rng.random() < self.chat_replay_ratio:
+                if not self.chat_replay:
+                    raise ValueError("chat_replay_ratio > 0 but no replay chats were given: call set_chat_replay")
+                question, answer = self.chat_replay[int(rng.integers(len(self.chat_replay)))]
             if self.chat_template:
                 text, suffix = self._chat_text(question, answer)
                 return SamplePlan(True, text, suffix, np.zeros(self.tokens_per_image, dtype=bool))
@@ -206,6 +218,10 @@ class MMARDataCollator:
         understanding = np.zeros(len(examples), dtype=bool)
         understanding[np.argsort(draws, kind="stable")[:count]] = True
         return [self.plan(example, bool(task), rng) for example, task, rng in zip(examples, understanding, rngs)]
+
+    def set_chat_replay(self, pairs: list[tuple[str, str]]) -> None:
+        """The (question, answer) chats that `chat_replay_ratio` of the understanding rows ask about their image."""
+        self.chat_replay = [(str(question), str(answer)) for question, answer in pairs]
 
     def _chat_text(self, question: str, answer: str) -> tuple[str, str]:
         """(whole conversation, the assistant turn that carries the labels) in the processor's chat template."""

@@ -266,10 +266,16 @@ def build_run(config: dict, output_dir: str | None = None) -> TrainingRun:
 
     collator_config = {**(config.get("collator") or {}), **(config.get("mask_schedule") or {})}
     collator = MMARDataCollator(processor, model_config.tokens_per_image, seed=seed, **collator_config)
+    if collator.chat_replay_ratio:  # general chats answered by the (still untrained) model: the base LLM's answers
+        from .chat_replay import base_chat_answers
+
+        collator.set_chat_replay(base_chat_answers(model, processor.tokenizer))
+        print(f"chat replay: {len(collator.chat_replay)} general questions with the base model's answers")
     stage_callback = MaskStageCallback(collator)
     # Held-out losses: the final stage's masking, one fixed draw per row (epoch 0, a different seed).
     eval_collator = MMARDataCollator(processor, model_config.tokens_per_image, seed=seed + 1, **{
         **collator_config, "mask_ratio_min": collator.mask_ratio_min_at(math.inf), "stage2_start_step": None})
+    eval_collator.set_chat_replay(collator.chat_replay)
 
     args = build_training_arguments(config.get("training"), output_dir)
     if data_config.get("cache_image_tokens"):  # the frozen image tokenizer runs once per image, not every step
