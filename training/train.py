@@ -5,7 +5,7 @@ the model config, the datasets and the collator, then trains with `transformers.
 losses separately and evaluating on the held-out split. The output folder (`training.output_dir`) holds the model,
 the processor and the scheduler (`AutoModelForImageTextToText`, `AutoProcessor` and `MMARPipeline` load it) and
 `loss.png`. Multi-process: `accelerate launch --config_file training/configs/accelerate/ddp.yaml -m training.train
---config ...`.
+--config ...` (DDP, FSDP or DeepSpeed: training/distributed.py says what makes N processes train what one does).
 """
 
 from __future__ import annotations
@@ -26,7 +26,10 @@ from .callbacks import MaskStageCallback, TimeBudgetCallback
 from .collator import MMARDataCollator
 from .data import DIGIT_DATASETS, digits_corpus, load_digit_dataset, load_image_text_dataset
 from .image_token_cache import add_image_tokens
+from .distributed import (check_launch, check_loss_composition, every_parameter_gets_a_gradient, global_batch_loss,
+                          is_engine_checkpoint, peak_memory_mib, use_fsdp_on_cpu_processes)
 from .plots import plot_loss
+from .row_noise import ROW_SEEDS, RowSeedCollator, RowSeededDiffusionLoss
 from .run_config import load_config
 from .threads import CpuThreadsCallback
 
@@ -37,6 +40,9 @@ TRAINING_DEFAULTS = {
     "remove_unused_columns": False,  # rows hold raw images and text: the collator does all processing
     "report_to": "none",
     "prediction_loss_only": True,  # evaluation needs the losses only (no logits kept)
+    # Every trainable parameter gets a gradient at every step (training.distributed): DDP need not search the graph
+    # for unused ones.
+    "ddp_find_unused_parameters": False,
 }
 
 
@@ -48,16 +54,42 @@ class MMARTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.eval_data_collator = eval_data_collator
         self._loss_sums = {"train": defaultdict(float), "eval": defaultdict(float)}
-        self._loss_counts = {"train": defaultdict(int), "eval": defaultdict(int)}
+        self._loss_counts = {"train": defaultdict(float), "eval": defaultdict(float)}
+        self._loss_composition_checked = False
+        mmar = _mmar_model(self.model)
+        self.row_noise = None
+        if mmar is not None:  # N processes train what one process trains (training/distributed.py, row_noise.py)
+            every_parameter_gets_a_gradient(mmar)
+            existing = mmar.__dict__.get("diffusion_loss")
+            self.row_noise = existing if isinstance(existing, RowSeededDiffusionLoss) else RowSeededDiffusionLoss(mmar)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        seeds = inputs.pop(ROW_SEEDS, None)
+        if seeds is not None and self.row_noise is not None:
+            with self.row_noise.rows(seeds, inputs.get("image_mask")):
+                loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                                     num_items_in_batch=num_items_in_batch)
+        else:
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                                 num_items_in_batch=num_items_in_batch)
         split = "train" if model.training else "eval"
-        for name in LOSS_PARTS:
-            value = outputs.get(name) if isinstance(outputs, dict) else None
-            if value is not None:  # kept on the device: no synchronisation per step
-                self._loss_sums[split][name] = self._loss_sums[split][name] + value.detach().double()
-                self._loss_counts[split][name] += 1
+        if split == "train" and isinstance(outputs, dict) and self.row_noise is not None:
+            config = self.row_noise.model.config
+            if not self._loss_composition_checked:
+                check_loss_composition(outputs, config)
+                self._loss_composition_checked = True
+            # The loss of the global batch, whatever the number of processes it is split over.
+            loss, shares = global_batch_loss(outputs, inputs, config, self.accelerator.num_processes,
+                                             lambda t: self.accelerator.reduce(t, reduction="sum"))
+            for name, (share, count) in shares.items():  # kept on the device: no synchronisation per step
+                self._loss_sums[split][name] = self._loss_sums[split][name] + share
+                self._loss_counts[split][name] = self._loss_counts[split][name] + count
+        else:
+            for name in LOSS_PARTS:
+                value = outputs.get(name) if isinstance(outputs, dict) else None
+                if value is not None:
+                    self._loss_sums[split][name] = self._loss_sums[split][name] + value.detach().double()
+                    self._loss_counts[split][name] = self._loss_counts[split][name] + 1.0
         return (loss, outputs) if return_outputs else loss
 
     def _drain_loss_parts(self, split: str) -> dict[str, float]:
@@ -65,14 +97,14 @@ class MMARTrainer(Trainer):
         sums, counts = self._loss_sums[split], self._loss_counts[split]
         values = torch.stack([
             torch.stack([torch.as_tensor(sums[n], dtype=torch.float64, device=self.args.device),
-                         torch.tensor(float(counts[n]), dtype=torch.float64, device=self.args.device)])
+                         torch.as_tensor(counts[n], dtype=torch.float64, device=self.args.device)])
             for n in LOSS_PARTS
         ])
         if self.accelerator.num_processes > 1:
             values = self.accelerator.reduce(values, reduction="sum")
         sums.clear()
         counts.clear()
-        return {name: float(s / c) for name, (s, c) in zip(LOSS_PARTS, values.tolist()) if c > 0}
+        return {name: float(s / c) for name, (s, c) in zip(LOSS_PARTS, values.tolist()) if c > 1e-9}
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training log: add the parts accumulated since the previous one
@@ -96,6 +128,12 @@ class MMARTrainer(Trainer):
             return super().get_eval_dataloader(eval_dataset)
         finally:
             self.data_collator = train_collator
+
+
+def _mmar_model(model):
+    """The MMARForConditionalGeneration inside `model` (itself, or the base model of a peft model), or None."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base if hasattr(base, "diffusion_head") and hasattr(base, "noise_scheduler") else None
 
 
 @dataclass
@@ -252,13 +290,14 @@ def build_run(config: dict, output_dir: str | None = None) -> TrainingRun:
         if eval_dataset is not None and args.eval_strategy != "no":
             eval_dataset = add_image_tokens(eval_dataset, model, processor)
     time_budget = TimeBudgetCallback(config.get("time_budget"))
+    use_fsdp_on_cpu_processes()  # accelerate would train DDP on CPU processes when FSDP is asked for
     trainer = MMARTrainer(
         model=model,
         args=args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset if args.eval_strategy != "no" else None,
-        data_collator=collator,
-        eval_data_collator=eval_collator,
+        data_collator=RowSeedCollator(collator),  # + one diffusion-noise seed per row
+        eval_data_collator=RowSeedCollator(eval_collator),
         processing_class=processor,
         callbacks=[stage_callback, time_budget, CpuThreadsCallback()],
     )
@@ -273,8 +312,18 @@ def save_trained(run: TrainingRun, output_dir: str | Path) -> None:
     Beside them: `log_history.json` and `loss.png`. Only the main process writes."""
     from modeling_mmar import MMARPipeline, MMARScheduler
 
-    run.trainer.save_model(str(output_dir))
-    if not run.trainer.is_world_process_zero():
+    trainer = run.trainer
+    if trainer.is_fsdp_enabled and "FULL_STATE_DICT" not in str(trainer.accelerator.state.fsdp_plugin.state_dict_type):
+        # Trainer.save_model writes no weights for a sharded state dict: gather them (every process takes part) so
+        # that the folder loads with from_pretrained like any other (checkpoints stay sharded).
+        state_dict = trainer.accelerator.get_state_dict(trainer.model)
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(
+            str(output_dir), state_dict=state_dict, is_main_process=trainer.is_world_process_zero())
+        if trainer.is_world_process_zero():
+            run.processor.save_pretrained(str(output_dir))
+    else:
+        trainer.save_model(str(output_dir))
+    if not trainer.is_world_process_zero():
         return
     # Trainer pickles its arguments beside the weights; a folder meant to be loaded and published holds
     # safetensors and JSON only (checkpoints keep the pickle Trainer needs to resume).
@@ -294,7 +343,7 @@ def _is_complete_checkpoint(folder: Path) -> bool:
     # Trainer writes trainer_state.json after the weights, optimizer and RNG states: a checkpoint without it was
     # interrupted while saving.
     has_weights = any((folder / name).exists() for name in ("model.safetensors", "model.safetensors.index.json",
-                                                             "adapter_model.safetensors"))
+                                                             "adapter_model.safetensors")) or is_engine_checkpoint(folder)
     return has_weights and (folder / "trainer_state.json").is_file()
 
 
@@ -327,8 +376,22 @@ def check_complete_checkpoint(folder) -> None:
                          "pass training.resume_from_checkpoint=true to resume from the newest complete one")
 
 
+def record_peak_memory(trainer) -> list[float]:
+    """Peak memory of every process (MiB: accelerator allocation, else RSS), printed by the main process and kept in
+    the run summary of the log history (`peak_memory_mib_per_process`)."""
+    local = torch.tensor([peak_memory_mib()], dtype=torch.float64, device=trainer.args.device)
+    values = [round(v, 1) for v in trainer.accelerator.gather(local).tolist()]
+    summary = next((e for e in reversed(trainer.state.log_history) if "train_runtime" in e), None)
+    if summary is not None:
+        summary["peak_memory_mib_per_process"] = values
+    if trainer.is_world_process_zero():
+        print(f"Peak memory per process: {', '.join(f'{v:.0f} MiB' for v in values)}")
+    return values
+
+
 def train(config: dict, output_dir: str | None = None, resume_from_checkpoint: str | bool | None = None) -> TrainingRun:
     """Build a run from `config`, train it, save model / processor / scheduler / loss.png into the output dir."""
+    check_launch(config.get("training"))  # engine installed, world size divides a split batch: before anything runs
     run = build_run(config, output_dir)
     if resume_from_checkpoint is None:
         resume_from_checkpoint = (config.get("training") or {}).get("resume_from_checkpoint")
@@ -339,6 +402,7 @@ def train(config: dict, output_dir: str | None = None, resume_from_checkpoint: s
     if resume_from_checkpoint and run.trainer.is_world_process_zero():
         print(f"Resuming from {resume_from_checkpoint}")
     run.trainer.train(resume_from_checkpoint=resume_from_checkpoint or None)
+    record_peak_memory(run.trainer)
     if run.trainer.is_world_process_zero():
         print(run.time_budget.summary(run.trainer.state))
     losses = [entry["loss"] for entry in run.trainer.state.log_history if "loss" in entry]

@@ -1,0 +1,208 @@
+"""Training on more than one process (accelerate's DDP, FSDP and DeepSpeed engines).
+
+What makes N processes train what one process trains over the same global batch:
+- `global_batch_loss`: each loss part is divided by its count over *all* processes (text CE by the label tokens,
+  diffusion MSE by the masked image tokens), not by each process's own count, so that the gradient the engine
+  averages over processes is the gradient of the global batch's loss. (Each process's own mean would weigh a
+  process holding 3 label tokens like one holding 300.)
+- `every_parameter_gets_a_gradient`: every trainable parameter gets a gradient on every process at every step, zero
+  where its part of the model had nothing to do (a process whose rows are all understanding rows has no diffusion
+  loss; one whose rows are all generation rows has no text loss). DDP otherwise needs find_unused_parameters, and the
+  sharded engines reduce gradients in collectives that all processes must enter with the same tensors: FSDP2
+  reduce-scatters per unit the parameters that have a gradient, DeepSpeed ZeRO buckets them, and a mismatch hangs or
+  aborts ("Received data size doesn't match expected size" from gloo under ZeRO-2).
+- `row_noise.py`: the diffusion noise of a row comes from the row's own seed (it otherwise depends on the batch).
+
+Checks made before any process builds a model (`check_launch`): the engine the accelerate config names is installed,
+and with `training.accelerator_config.split_batches` (one global batch split over the processes) the world size
+divides the batch.
+
+accelerate (1.16) enables FSDP only for accelerator devices: on CPU processes it trains with DDP instead, silently.
+`use_fsdp_on_cpu_processes` asks it for its FSDP path there too (gloo), so that FSDP can be checked without GPUs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import resource
+from pathlib import Path
+
+import torch
+
+# Files and folders an engine writes into a checkpoint in place of (or beside) model.safetensors.
+ENGINE_CHECKPOINT_WEIGHTS = ("pytorch_model_fsdp.bin", "pytorch_model_fsdp_0", "latest")
+
+
+def _flag(env, name: str) -> bool:
+    return str(env.get(name, "false")).lower() in ("1", "true", "yes")
+
+
+def requested_engine(env=None) -> str | None:
+    """'deepspeed', 'fsdp' or 'ddp' as the launcher asked (accelerate launch passes its config as environment
+    variables), None for a single process started without a launcher."""
+    env = os.environ if env is None else env
+    if _flag(env, "ACCELERATE_USE_DEEPSPEED"):
+        return "deepspeed"
+    if _flag(env, "ACCELERATE_USE_FSDP"):
+        return "fsdp"
+    if int(env.get("WORLD_SIZE", "1") or 1) > 1:
+        return "ddp"
+    return None
+
+
+def launched_world_size(env=None) -> int:
+    env = os.environ if env is None else env
+    return max(int(env.get("WORLD_SIZE", "1") or 1), 1)
+
+
+def engine_is_installed(engine: str) -> bool:
+    if engine == "deepspeed":
+        return importlib.util.find_spec("deepspeed") is not None
+    if engine == "fsdp":
+        return importlib.util.find_spec("torch.distributed.fsdp") is not None and torch.distributed.is_available()
+    return torch.distributed.is_available()
+
+
+def check_launch(training_config: dict | None, env=None) -> None:
+    """Refuse, before anything is built, a launch that cannot train what its configs say."""
+    env = os.environ if env is None else env
+    training_config = training_config or {}
+    engine = requested_engine(env)
+    if engine is not None and not engine_is_installed(engine):
+        package = {"deepspeed": "deepspeed", "fsdp": "torch with torch.distributed",
+                   "ddp": "torch with torch.distributed"}[engine]
+        raise ValueError(f"The accelerate config asks for {engine.upper()} but {package} is not installed: "
+                         f"pip install {'deepspeed' if engine == 'deepspeed' else 'torch'}, or launch with "
+                         "training/configs/accelerate/ddp.yaml")
+    world = launched_world_size(env)
+    accelerator_config = training_config.get("accelerator_config") or {}
+    if isinstance(accelerator_config, dict) and accelerator_config.get("split_batches"):
+        batch = training_config.get("per_device_train_batch_size", 8)
+        if world > 1 and batch % world:
+            raise ValueError(
+                f"training.accelerator_config.split_batches splits each batch of "
+                f"training.per_device_train_batch_size={batch} rows over the {world} processes, but {world} does "
+                f"not divide {batch}: choose a batch size that is a multiple of {world} or launch "
+                f"{', '.join(str(n) for n in range(1, batch + 1) if batch % n == 0)} processes")
+
+
+def use_fsdp_on_cpu_processes() -> bool:
+    """When the launcher asks for FSDP on a machine without accelerators, make accelerate take its FSDP path on the
+    CPU processes (gloo) instead of falling back to DDP. Call after TrainingArguments (which starts the process
+    group) and before the Trainer (which builds the Accelerator). Returns whether it did."""
+    if requested_engine() != "fsdp" or torch.accelerator.is_available():
+        return False
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType
+
+    if AcceleratorState._shared_state:  # an Accelerator exists already: too late to choose its engine
+        raise RuntimeError("use_fsdp_on_cpu_processes must run before the Trainer builds its Accelerator")
+    state = PartialState()
+    if state.distributed_type != DistributedType.MULTI_CPU:
+        return False
+    # accelerate's AcceleratorState turns FSDP on for its multi-device types only; MULTI_CPU is not among them.
+    PartialState._shared_state["distributed_type"] = DistributedType.MULTI_GPU
+    return True
+
+
+# ------------------------------------------------------------------------------------------------ the loss
+def loss_part_counts(inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(label tokens the text CE averages over, masked image tokens the diffusion MSE averages over) of a batch."""
+    labels, image_mask = inputs.get("labels"), inputs.get("image_mask")
+    device = (labels if labels is not None else image_mask).device
+    text = (labels[:, 1:] != -100).sum() if labels is not None else torch.zeros((), device=device)
+    image = image_mask.sum() if image_mask is not None else torch.zeros((), device=device)
+    return text.to(torch.float64), image.to(torch.float64)
+
+
+def global_batch_loss(outputs, inputs: dict, config, num_processes: int, reduce_sum) -> tuple[torch.Tensor, dict]:
+    """This process's share of the global batch's loss, times `num_processes` (the engines average gradients over
+    processes): text_loss * n_text / N_text + image_loss_weight * image_loss * n_image / N_image, with n this
+    process's counts and N their sums over processes (`reduce_sum`). With one process it is the model's loss.
+
+    Also returns each part's share of the global mean, {name: (share, count_share)}: summed over processes they give
+    the part's mean over the global batch and 1 (0 when no process had that part).
+    """
+    counts = torch.stack(loss_part_counts(inputs))
+    totals = reduce_sum(counts.clone()) if num_processes > 1 else counts
+    weights = {"text_loss": float(getattr(config, "text_loss_weight", 1.0)),
+               "image_loss": float(getattr(config, "image_loss_weight", 1.0))}
+    loss, shares = None, {}
+    for (name, weight), count, total in zip(weights.items(), counts, totals):
+        value = outputs.get(name)
+        if value is None:  # no row of this kind here (its parameters still get zero gradients: see the hook)
+            shares[name] = (torch.zeros((), dtype=torch.float64, device=counts.device),
+                            (total > 0).to(torch.float64) / num_processes)
+            continue
+        fraction = (count / total.clamp(min=1)).to(value.dtype)
+        term = weight * value * fraction * num_processes
+        loss = term if loss is None else loss + term
+        shares[name] = (value.detach().double() * fraction.double(), (total > 0).to(torch.float64) / num_processes)
+    if loss is None:
+        loss = outputs["loss"]
+    else:
+        loss = loss + 0.0 * outputs["loss"]  # keeps the parameter-coverage terms of the hook in the graph
+    return loss, shares
+
+
+def check_loss_composition(outputs, config) -> None:
+    """The model's loss must be text_loss + image_loss_weight * image_loss (what `global_batch_loss` rebuilds)."""
+    text, image = outputs.get("text_loss"), outputs.get("image_loss")
+    if text is None and image is None:
+        return
+    rebuilt = sum(float(getattr(config, f"{name}_weight", 1.0)) * float(value.detach())
+                  for name, value in (("text_loss", text), ("image_loss", image)) if value is not None)
+    loss = float(outputs["loss"].detach())
+    if abs(rebuilt - loss) > 1e-4 * max(1.0, abs(rebuilt)):
+        raise RuntimeError(f"The model's loss {loss:.6g} is not text_loss + image_loss_weight * "
+                           f"image_loss = {rebuilt:.6g}: training.distributed.global_batch_loss must learn the "
+                           "model's loss weighting")
+
+
+def every_parameter_gets_a_gradient(model) -> None:
+    """A forward hook on an MMARForConditionalGeneration (inside its forward, so DDP's graph sees it): in training,
+    a forward without diffusion loss runs the diffusion head on one zero token and a forward without text loss uses the
+    logits, both weighted 0, so every trainable parameter gets a (zero) gradient. Registered once per model."""
+    if getattr(model, "_mmar_gradient_coverage", False):
+        return
+
+    def add_zero_terms(module, args, kwargs, output):
+        if not (module.training and torch.is_grad_enabled()) or not isinstance(output, dict):
+            return None
+        if output.get("loss") is None:
+            return None
+        terms = []
+        if output.get("image_loss") is None:
+            head = module.diffusion_head
+            logits = output["logits"]
+            hidden = module.config.get_text_config().hidden_size
+            # One zero token (the head cannot reshape an empty batch); weighted 0 below.
+            terms.append(head(logits.new_zeros(1, head.token_dim, dtype=torch.float32),
+                              torch.zeros(1, dtype=torch.long, device=logits.device),
+                              logits.new_zeros(1, hidden, dtype=torch.float32)).sum())
+        if output.get("text_loss") is None and output.get("logits") is not None:
+            terms.append(output["logits"].float().sum())
+        if terms:
+            output.loss = output["loss"] + 0.0 * sum(terms)
+        return output
+
+    model.register_forward_hook(add_zero_terms, with_kwargs=True)
+    model._mmar_gradient_coverage = True
+
+
+# ------------------------------------------------------------------------------------------------ reporting
+def peak_memory_mib() -> float:
+    """This process's peak memory: the accelerator's peak allocation where there is one, else the peak RSS."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def is_engine_checkpoint(folder: Path) -> bool:
+    return any((Path(folder) / name).exists() for name in ENGINE_CHECKPOINT_WEIGHTS)
+
+
+__all__ = ["check_launch", "check_loss_composition", "every_parameter_gets_a_gradient", "global_batch_loss",
+           "is_engine_checkpoint", "launched_world_size", "peak_memory_mib", "requested_engine",
+           "use_fsdp_on_cpu_processes"]
