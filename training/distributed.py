@@ -23,6 +23,7 @@ accelerate (1.16) enables FSDP only for accelerator devices: on CPU processes it
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import resource
@@ -106,6 +107,35 @@ def use_fsdp_on_cpu_processes() -> bool:
     return True
 
 
+def choose_fsdp_units(model, env=None) -> list[str] | None:
+    """FSDP units for MMAR: the language model's decoder layers (its `_no_split_modules`) and nothing else, set as
+    accelerate's `FSDP_TRANSFORMER_CLS_TO_WRAP` when the launch asks for FSDP with TRANSFORMER_BASED_WRAP and names
+    no classes. The diffusion head and the image embedder stay in the root unit: the head's backward runs at a point
+    of the backward pass that depends on the rows a process holds (before or after the LM head's), so as a unit of
+    its own its reduce-scatter and the next unit's all-gather are entered in different orders on different processes
+    and both wait forever (seen with gloo on the first step whose processes held different kinds of rows). Inside
+    the root unit the head has no collective of its own. Returns the classes set, None when it left the config."""
+    env = os.environ if env is None else env
+    if requested_engine(env) != "fsdp" or env.get("FSDP_AUTO_WRAP_POLICY", "TRANSFORMER_BASED_WRAP") != \
+            "TRANSFORMER_BASED_WRAP":
+        return None
+    named = [name.strip() for name in env.get("FSDP_TRANSFORMER_CLS_TO_WRAP", "").split(",") if name.strip()]
+    if "MMARDiffusionHead" in named:
+        raise ValueError("fsdp_transformer_layer_cls_to_wrap names MMARDiffusionHead: as an FSDP unit of its own the "
+                         "diffusion head deadlocks as soon as two processes hold different kinds of rows (its "
+                         "backward runs at a different point of each process's backward pass); leave it out and "
+                         "it stays in the root unit")
+    if named:
+        return None
+    language_model = model.model.language_model
+    classes = sorted(set(getattr(language_model, "_no_split_modules", None) or []))
+    if not classes:
+        raise ValueError(f"{type(language_model).__name__} names no _no_split_modules: set "
+                         "fsdp_transformer_layer_cls_to_wrap in the accelerate config to its decoder layer class")
+    env["FSDP_TRANSFORMER_CLS_TO_WRAP"] = ",".join(classes)
+    return classes
+
+
 # ------------------------------------------------------------------------------------------------ the loss
 def loss_part_counts(inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(label tokens the text CE averages over, masked image tokens the diffusion MSE averages over) of a batch."""
@@ -131,7 +161,7 @@ def global_batch_loss(outputs, inputs: dict, config, num_processes: int, reduce_
     loss, shares = None, {}
     for (name, weight), count, total in zip(weights.items(), counts, totals):
         value = outputs.get(name)
-        if value is None:  # no row of this kind here (its parameters still get zero gradients: see the hook)
+        if value is None:  # no row of this kind here and no placeholder (the hook gives one in training)
             shares[name] = (torch.zeros((), dtype=torch.float64, device=counts.device),
                             (total > 0).to(torch.float64) / num_processes)
             continue
@@ -141,8 +171,6 @@ def global_batch_loss(outputs, inputs: dict, config, num_processes: int, reduce_
         shares[name] = (value.detach().double() * fraction.double(), (total > 0).to(torch.float64) / num_processes)
     if loss is None:
         loss = outputs["loss"]
-    else:
-        loss = loss + 0.0 * outputs["loss"]  # keeps the parameter-coverage terms of the hook in the graph
     return loss, shares
 
 
@@ -161,37 +189,102 @@ def check_loss_composition(outputs, config) -> None:
 
 
 def every_parameter_gets_a_gradient(model) -> None:
-    """A forward hook on an MMARForConditionalGeneration (inside its forward, so DDP's graph sees it): in training,
-    a forward without diffusion loss runs the diffusion head on one zero token and a forward without text loss uses the
-    logits, both weighted 0, so every trainable parameter gets a (zero) gradient. Registered once per model."""
+    """A forward hook on an MMARForConditionalGeneration (inside its forward, so that DDP's graph sees it): in
+    training, a forward whose rows give no diffusion loss runs the diffusion head on one zero token, and one whose
+    rows give no text loss sums the logits; each becomes that part's `image_loss` / `text_loss`, times 0, and joins
+    the loss. Every trainable parameter then gets a (zero) gradient, and every process's forward returns the same
+    loss tensors: DeepSpeed ZeRO-3 records the modules each backward passes through (the model's own output
+    tensors included) and requires the same record on every process. `global_batch_loss` weighs a part by its row
+    count, 0 here, so these placeholders never count as a loss. Registered once per model."""
     if getattr(model, "_mmar_gradient_coverage", False):
         return
 
-    def add_zero_terms(module, args, kwargs, output):
+    def add_zero_parts(module, args, kwargs, output):
         if not (module.training and torch.is_grad_enabled()) or not isinstance(output, dict):
             return None
-        if output.get("loss") is None:
+        if output.get("loss") is None or output.get("logits") is None:
             return None
-        terms = []
+        logits, loss = output["logits"], output["loss"]
         if output.get("image_loss") is None:
             head = module.diffusion_head
-            logits = output["logits"]
             hidden = module.config.get_text_config().hidden_size
-            # One zero token (the head cannot reshape an empty batch); weighted 0 below.
-            terms.append(head(logits.new_zeros(1, head.token_dim, dtype=torch.float32),
-                              torch.zeros(1, dtype=torch.long, device=logits.device),
-                              logits.new_zeros(1, hidden, dtype=torch.float32)).sum())
-        if output.get("text_loss") is None and output.get("logits") is not None:
-            terms.append(output["logits"].float().sum())
-        if terms:
-            output.loss = output["loss"] + 0.0 * sum(terms)
+            # Shaped like a real call (the head cannot take an empty batch): its condition requires a gradient as an
+            # LLM state does (ZeRO-3 records which modules' inputs do). The dtype comes from the parameter object:
+            # attribute access (head.input_proj.weight) would make ZeRO-3 gather that weight on this process only.
+            dtype = next(head.parameters()).dtype
+            condition = logits.new_zeros(1, hidden, dtype=dtype).requires_grad_()
+            placeholder = 0.0 * head(logits.new_zeros(1, head.token_dim, dtype=dtype),
+                                     torch.zeros(1, dtype=torch.long, device=logits.device), condition).float().sum()
+            output["image_loss"] = placeholder
+            loss = loss + placeholder
+        if output.get("text_loss") is None:
+            placeholder = 0.0 * logits.float().sum()
+            output["text_loss"] = placeholder
+            loss = loss + placeholder
+        output["loss"] = loss
         return output
 
-    model.register_forward_hook(add_zero_terms, with_kwargs=True)
+    model.register_forward_hook(add_zero_parts, with_kwargs=True)
     model._mmar_gradient_coverage = True
 
 
+# ------------------------------------------------------------------------------------------------ saving
+@contextlib.contextmanager
+def plain_model_class(model):
+    """FSDP2 turns a module's class into a subclass defined in torch (FSDPMMARForConditionalGeneration); saved as
+    such, transformers writes that class into the folder's auto_map and copies torch's FSDP sources as the model's
+    remote code. Inside this block the model has its own class again (no FSDP hook runs during save_pretrained when
+    it is given the state dict)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    cls = type(model)
+    if isinstance(model, FSDPModule):
+        model.__class__ = next(c for c in cls.__mro__[1:] if not issubclass(c, FSDPModule))
+    try:
+        yield model
+    finally:
+        model.__class__ = cls
+
+
+def save_gathered_model(trainer, output_dir: str) -> None:
+    """Save an FSDP-sharded model as a plain `save_pretrained` folder: every process takes part in gathering the full
+    weights, the main process writes them (without the tied copies of a tied LM head, as a single process would),
+    the processor and the training arguments (as `Trainer.save_model` does)."""
+    state_dict = trainer.accelerator.get_state_dict(trainer.model)
+    if not trainer.is_world_process_zero():
+        return
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    for target, source in (getattr(model, "all_tied_weights_keys", None) or {}).items():
+        if target in state_dict and source in state_dict:
+            state_dict.pop(target)
+    os.makedirs(output_dir, exist_ok=True)
+    with plain_model_class(model):
+        model.save_pretrained(output_dir, state_dict=state_dict)
+    if trainer.processing_class is not None:
+        trainer.processing_class.save_pretrained(output_dir)
+    torch.save(trainer.args, os.path.join(output_dir, "training_args.bin"))
+
+
 # ------------------------------------------------------------------------------------------------ reporting
+def engine_in_use(trainer) -> str:
+    """What actually trained: 'FSDP2', 'FSDP1', 'DeepSpeed ZeRO-N', 'DDP' or 'single process' (read from the
+    accelerator and the wrapped model, not from the launch: accelerate may fall back to another engine)."""
+    accelerator = trainer.accelerator
+    kind = str(accelerator.distributed_type).rsplit(".", 1)[-1]
+    if kind == "FSDP":
+        from torch.distributed.fsdp import FSDPModule
+
+        version = getattr(accelerator.state.fsdp_plugin, "fsdp_version", 1)
+        sharded = isinstance(trainer.model_wrapped, FSDPModule) or version == 1
+        return f"FSDP{version}" if sharded else f"FSDP{version} (model not sharded)"
+    if kind == "DEEPSPEED":
+        stage = accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0)
+        return f"DeepSpeed ZeRO-{stage}"
+    if accelerator.num_processes > 1:
+        return "DDP"
+    return "single process"
+
+
 def peak_memory_mib() -> float:
     """This process's peak memory: the accelerator's peak allocation where there is one, else the peak RSS."""
     if torch.cuda.is_available():
@@ -203,6 +296,7 @@ def is_engine_checkpoint(folder: Path) -> bool:
     return any((Path(folder) / name).exists() for name in ENGINE_CHECKPOINT_WEIGHTS)
 
 
-__all__ = ["check_launch", "check_loss_composition", "every_parameter_gets_a_gradient", "global_batch_loss",
-           "is_engine_checkpoint", "launched_world_size", "peak_memory_mib", "requested_engine",
+__all__ = ["check_launch", "choose_fsdp_units", "engine_in_use", "check_loss_composition", "every_parameter_gets_a_gradient", "global_batch_loss",
+           "is_engine_checkpoint", "launched_world_size", "peak_memory_mib", "plain_model_class", "requested_engine",
+           "save_gathered_model",
            "use_fsdp_on_cpu_processes"]

@@ -114,7 +114,9 @@ class RowSeededDiffusionLoss:
             target = scheduler.get_velocity(clean, noise, timesteps)
         else:
             target = noise if prediction_type == "epsilon" else clean
-        noisy = noisy.to(head.input_proj.weight.dtype)
+        # The head's dtype read from the parameter object: `head.input_proj.weight` outside the head's forward would
+        # make DeepSpeed ZeRO-3 gather that weight on this process only.
+        noisy = noisy.to(next(head.parameters()).dtype)
         if head.gradient_checkpointing and torch.is_grad_enabled():  # one copy's activations at a time, as the head's
             prediction = torch.cat([
                 head._gradient_checkpointing_func(head.__call__, noisy_copy, timesteps_copy, conditions)

@@ -26,8 +26,9 @@ from .callbacks import MaskStageCallback, TimeBudgetCallback
 from .collator import MMARDataCollator
 from .data import DIGIT_DATASETS, digits_corpus, load_digit_dataset, load_image_text_dataset
 from .image_token_cache import add_image_tokens
-from .distributed import (check_launch, check_loss_composition, every_parameter_gets_a_gradient, global_batch_loss,
-                          is_engine_checkpoint, peak_memory_mib, use_fsdp_on_cpu_processes)
+from .distributed import (check_launch, check_loss_composition, choose_fsdp_units, every_parameter_gets_a_gradient,
+                          engine_in_use, global_batch_loss, is_engine_checkpoint, peak_memory_mib, save_gathered_model,
+                          use_fsdp_on_cpu_processes)
 from .plots import plot_loss
 from .row_noise import ROW_SEEDS, RowSeedCollator, RowSeededDiffusionLoss
 from .run_config import load_config
@@ -119,6 +120,16 @@ class MMARTrainer(Trainer):
         for name, value in self._drain_loss_parts("eval").items():
             output.metrics[f"{metric_key_prefix}_{name}"] = value
         return output
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """As Trainer's, except under FSDP: the saved folder is the plain model's (its own class and remote code,
+        full weights), also with a sharded state dict, whose checkpoints keep their shards only."""
+        if not self.is_fsdp_enabled:
+            return super().save_model(output_dir, _internal_call)
+        sharded = "FULL_STATE_DICT" not in str(self.accelerator.state.fsdp_plugin.state_dict_type)
+        if sharded and _internal_call:
+            return  # checkpoint-N/pytorch_model_fsdp_0 holds the weights
+        save_gathered_model(self, str(output_dir or self.args.output_dir))
 
     def get_eval_dataloader(self, eval_dataset=None):
         if self.eval_data_collator is None:
@@ -290,6 +301,7 @@ def build_run(config: dict, output_dir: str | None = None) -> TrainingRun:
         if eval_dataset is not None and args.eval_strategy != "no":
             eval_dataset = add_image_tokens(eval_dataset, model, processor)
     time_budget = TimeBudgetCallback(config.get("time_budget"))
+    choose_fsdp_units(model)  # decoder layers only: the diffusion head as a unit of its own deadlocks
     use_fsdp_on_cpu_processes()  # accelerate would train DDP on CPU processes when FSDP is asked for
     trainer = MMARTrainer(
         model=model,
@@ -312,18 +324,8 @@ def save_trained(run: TrainingRun, output_dir: str | Path) -> None:
     Beside them: `log_history.json` and `loss.png`. Only the main process writes."""
     from modeling_mmar import MMARPipeline, MMARScheduler
 
-    trainer = run.trainer
-    if trainer.is_fsdp_enabled and "FULL_STATE_DICT" not in str(trainer.accelerator.state.fsdp_plugin.state_dict_type):
-        # Trainer.save_model writes no weights for a sharded state dict: gather them (every process takes part) so
-        # that the folder loads with from_pretrained like any other (checkpoints stay sharded).
-        state_dict = trainer.accelerator.get_state_dict(trainer.model)
-        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(
-            str(output_dir), state_dict=state_dict, is_main_process=trainer.is_world_process_zero())
-        if trainer.is_world_process_zero():
-            run.processor.save_pretrained(str(output_dir))
-    else:
-        trainer.save_model(str(output_dir))
-    if not trainer.is_world_process_zero():
+    run.trainer.save_model(str(output_dir))  # every process: sharded engines gather the weights
+    if not run.trainer.is_world_process_zero():
         return
     # Trainer pickles its arguments beside the weights; a folder meant to be loaded and published holds
     # safetensors and JSON only (checkpoints keep the pickle Trainer needs to resume).
@@ -376,17 +378,20 @@ def check_complete_checkpoint(folder) -> None:
                          "pass training.resume_from_checkpoint=true to resume from the newest complete one")
 
 
-def record_peak_memory(trainer) -> list[float]:
-    """Peak memory of every process (MiB: accelerator allocation, else RSS), printed by the main process and kept in
-    the run summary of the log history (`peak_memory_mib_per_process`)."""
+def record_engine_and_memory(trainer) -> None:
+    """The engine that trained and the peak memory of every process (MiB: accelerator allocation, else RSS), printed
+    by the main process and kept in the run summary of the log history (`engine`, `num_processes`,
+    `peak_memory_mib_per_process`)."""
     local = torch.tensor([peak_memory_mib()], dtype=torch.float64, device=trainer.args.device)
     values = [round(v, 1) for v in trainer.accelerator.gather(local).tolist()]
+    engine = engine_in_use(trainer)
     summary = next((e for e in reversed(trainer.state.log_history) if "train_runtime" in e), None)
     if summary is not None:
-        summary["peak_memory_mib_per_process"] = values
+        summary.update(engine=engine, num_processes=trainer.accelerator.num_processes,
+                       peak_memory_mib_per_process=values)
     if trainer.is_world_process_zero():
-        print(f"Peak memory per process: {', '.join(f'{v:.0f} MiB' for v in values)}")
-    return values
+        print(f"Trained with {engine} on {trainer.accelerator.num_processes} process(es); peak memory per process: "
+              f"{', '.join(f'{v:.0f} MiB' for v in values)}")
 
 
 def train(config: dict, output_dir: str | None = None, resume_from_checkpoint: str | bool | None = None) -> TrainingRun:
@@ -402,7 +407,7 @@ def train(config: dict, output_dir: str | None = None, resume_from_checkpoint: s
     if resume_from_checkpoint and run.trainer.is_world_process_zero():
         print(f"Resuming from {resume_from_checkpoint}")
     run.trainer.train(resume_from_checkpoint=resume_from_checkpoint or None)
-    record_peak_memory(run.trainer)
+    record_engine_and_memory(run.trainer)
     if run.trainer.is_world_process_zero():
         print(run.time_budget.summary(run.trainer.state))
     losses = [entry["loss"] for entry in run.trainer.state.log_history if "loss" in entry]
