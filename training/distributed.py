@@ -88,6 +88,41 @@ def check_launch(training_config: dict | None, env=None) -> None:
                 f"{', '.join(str(n) for n in range(1, batch + 1) if batch % n == 0)} processes")
 
 
+def checkpoint_engine(folder) -> tuple[str, int | None]:
+    """('deepspeed', processes that wrote it) for a DeepSpeed checkpoint (its ZeRO partitions), ('fsdp', None) for an
+    FSDP one (sharded or full state dict), ('plain', None) for a single-process or DDP one."""
+    folder = Path(folder)
+    if (folder / "latest").is_file() or any(folder.glob("global_step*")):
+        partitions = {p.name for p in folder.glob("global_step*/*zero_pp_rank_*_optim_states.pt")}
+        return "deepspeed", len(partitions) or None
+    if (folder / "pytorch_model_fsdp.bin").exists() or (folder / "pytorch_model_fsdp_0").is_dir():
+        return "fsdp", None
+    return "plain", None
+
+
+def check_resume(folder, env=None) -> None:
+    """A checkpoint resumes under the engine that wrote it: DeepSpeed's with DeepSpeed on as many processes (ZeRO
+    partitions its optimizer state by process and cannot re-partition it), FSDP's with FSDP (any number of processes:
+    sharded checkpoints are re-sharded on load), DDP / single-process ones without a sharded engine (any number)."""
+    env = os.environ if env is None else env
+    written_by, processes = checkpoint_engine(folder)
+    engine = requested_engine(env) or "single process"
+    world = launched_world_size(env)
+    name = Path(folder).name
+    if written_by == "deepspeed" and engine != "deepspeed":
+        raise ValueError(f"{name} is a DeepSpeed checkpoint: resume it with the DeepSpeed accelerate config "
+                         f"(its weights alone are in {name}/model.safetensors)")
+    if written_by == "deepspeed" and processes and processes != world:
+        raise ValueError(f"{name} was written by DeepSpeed on {processes} processes; DeepSpeed cannot resume its "
+                         f"partitioned optimizer state on {world}: launch --num_processes {processes}")
+    if written_by == "fsdp" and engine != "fsdp":
+        raise ValueError(f"{name} is an FSDP checkpoint: resume it with the FSDP accelerate config (any number of "
+                         "processes)")
+    if written_by == "plain" and engine in ("fsdp", "deepspeed"):
+        raise ValueError(f"{name} was written without a sharded engine (single process or DDP): resume it without "
+                         f"{'FSDP' if engine == 'fsdp' else 'DeepSpeed'} (any number of processes)")
+
+
 def use_fsdp_on_cpu_processes() -> bool:
     """When the launcher asks for FSDP on a machine without accelerators, make accelerate take its FSDP path on the
     CPU processes (gloo) instead of falling back to DDP. Call after TrainingArguments (which starts the process
@@ -296,7 +331,7 @@ def is_engine_checkpoint(folder: Path) -> bool:
     return any((Path(folder) / name).exists() for name in ENGINE_CHECKPOINT_WEIGHTS)
 
 
-__all__ = ["check_launch", "choose_fsdp_units", "engine_in_use", "check_loss_composition", "every_parameter_gets_a_gradient", "global_batch_loss",
+__all__ = ["check_launch", "check_resume", "checkpoint_engine", "choose_fsdp_units", "engine_in_use", "check_loss_composition", "every_parameter_gets_a_gradient", "global_batch_loss",
            "is_engine_checkpoint", "launched_world_size", "peak_memory_mib", "plain_model_class", "requested_engine",
            "save_gathered_model",
            "use_fsdp_on_cpu_processes"]

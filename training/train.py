@@ -26,7 +26,7 @@ from .callbacks import MaskStageCallback, TimeBudgetCallback
 from .collator import MMARDataCollator
 from .data import DIGIT_DATASETS, digits_corpus, load_digit_dataset, load_image_text_dataset
 from .image_token_cache import add_image_tokens
-from .distributed import (check_launch, check_loss_composition, choose_fsdp_units, every_parameter_gets_a_gradient,
+from .distributed import (check_launch, check_loss_composition, check_resume, choose_fsdp_units, every_parameter_gets_a_gradient,
                           engine_in_use, global_batch_loss, is_engine_checkpoint, peak_memory_mib, save_gathered_model,
                           use_fsdp_on_cpu_processes)
 from .plots import plot_loss
@@ -404,6 +404,8 @@ def train(config: dict, output_dir: str | None = None, resume_from_checkpoint: s
         resume_from_checkpoint = newest_complete_checkpoint(run.trainer.args.output_dir)
     elif resume_from_checkpoint:
         check_complete_checkpoint(resume_from_checkpoint)
+    if resume_from_checkpoint:
+        check_resume(resume_from_checkpoint)  # the engine and world size can resume what wrote it
     if resume_from_checkpoint and run.trainer.is_world_process_zero():
         print(f"Resuming from {resume_from_checkpoint}")
     run.trainer.train(resume_from_checkpoint=resume_from_checkpoint or None)
