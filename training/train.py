@@ -416,6 +416,7 @@ def train(config: dict, output_dir: str | None = None, resume_from_checkpoint: s
     if losses and not all(math.isfinite(v) for v in losses):
         raise FloatingPointError(f"Training diverged: non-finite loss in the log ({losses[-5:]})")
     save_trained(run, run.trainer.args.output_dir)
+    run.trainer.accelerator.wait_for_everyone()  # no process leaves while the main one still writes the folder
     return run
 
 
@@ -425,6 +426,10 @@ def run_train_command(args: argparse.Namespace) -> int:
     run = train(config, output_dir=args.output_dir)
     if run.trainer.is_world_process_zero():
         print(f"Saved model, processor and scheduler to {run.trainer.args.output_dir}")
+    if run.trainer.accelerator.num_processes > 1:
+        # Close the process group before the interpreter exits: left to exit, a DeepSpeed ZeRO-3 process was seen
+        # aborting ("terminate called without an active exception"), which fails the whole launch.
+        run.trainer.accelerator.end_training()
     return 0
 
 
