@@ -205,18 +205,18 @@ class MMARAppEngine:
         return Image.fromarray(np.uint8(np.clip(array, 0, 255)))
 
     # ------------------------------------------------------------------------------------------ image -> text
-    def chat_inputs(self, conversation: list[ChatTurn]) -> dict:
-        """The conversation rendered with the processor's chat template (an image item where a turn has one)."""
-        messages, images = [], []
+    def chat_text(self, conversation: list[ChatTurn]) -> str:
+        """The conversation rendered by the processor's chat template (an image item where a turn has an image)."""
+        messages = []
         for turn in conversation:
-            content = []
-            if turn.image is not None:
-                content.append({"type": "image"})
-                images.append(turn.image)
-            content.append({"type": "text", "text": turn.text})
-            messages.append({"role": turn.role, "content": content})
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        batch = self.processor(images=images or None, text=[text], return_tensors="pt")
+            content = [{"type": "image"}] if turn.image is not None else []
+            messages.append({"role": turn.role, "content": [*content, {"type": "text", "text": turn.text}]})
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def chat_inputs(self, conversation: list[ChatTurn]) -> dict:
+        """Model inputs of the conversation: its chat-template text and the turns' images, in order."""
+        images = [turn.image for turn in conversation if turn.image is not None]
+        batch = self.processor(images=images or None, text=[self.chat_text(conversation)], return_tensors="pt")
         batch.pop("token_type_ids", None)
         return {key: value.to(self.model.device) for key, value in batch.items()}
 
@@ -242,15 +242,16 @@ class MMARAppEngine:
 
         thread = threading.Thread(target=run, name="mmar-answer", daemon=True)
         thread.start()
-        answer = ""
+        answer, shown = "", None
         for piece in streamer:
             answer += piece
-            if answer.strip():
-                yield answer.strip()
+            if answer.strip() and answer.strip() != shown:
+                shown = answer.strip()
+                yield shown
         thread.join()
         if failure:
             raise failure[0]
-        if not answer.strip():
+        if shown is None:  # nothing but special tokens: an empty answer
             yield ""
 
 

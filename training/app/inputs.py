@@ -21,16 +21,18 @@ class InputError(ValueError):
     """Bad input from the page or an API client; the message is shown to the person as it is."""
 
 
-def check_prompt(prompt, allow_empty: bool = False) -> str:
+def check_prompt(prompt, allow_empty: bool = False, what: str = "prompt",
+                 hint: str = ", e.g. one of the examples below the prompt box") -> str:
+    """The text with its whitespace normalised; `what` is what the page calls it (prompt, question)."""
     if prompt is None:
         prompt = ""
     if not isinstance(prompt, str):
-        raise InputError(f"The prompt must be text, got {type(prompt).__name__}")
+        raise InputError(f"The {what} must be text, got {type(prompt).__name__}")
     prompt = " ".join(prompt.split())
     if not prompt and not allow_empty:
-        raise InputError("Type a prompt first, e.g. one of the examples below the prompt box")
+        raise InputError(f"Type a {what} first{hint}")
     if len(prompt) > MAX_PROMPT_CHARS:
-        raise InputError(f"The prompt is {len(prompt)} characters long; keep it under {MAX_PROMPT_CHARS}")
+        raise InputError(f"The {what} is {len(prompt)} characters long; keep it under {MAX_PROMPT_CHARS}")
     return prompt
 
 

@@ -60,10 +60,16 @@ def _same_image(a: Image.Image | None, b: Image.Image | None) -> bool:
 
 
 def _chat_display(conversation: list[ChatTurn]) -> list[dict]:
+    """Chatbot messages: each image as a PNG file in gradio's cache (sharp pixels), then the text."""
+    from gradio.processing_utils import save_pil_to_cache
+    from gradio.utils import get_upload_folder
+
     messages = []
     for turn in conversation:
-        content = [gr.Image(value=enlarge(turn.image, 96), show_label=False)] if turn.image is not None else []
-        messages.append({"role": turn.role, "content": [*content, turn.text]})
+        if turn.image is not None:
+            path = save_pil_to_cache(enlarge(turn.image, 96), get_upload_folder(), format="png")
+            messages.append({"role": turn.role, "content": {"path": path, "mime_type": "image/png"}})
+        messages.append({"role": turn.role, "content": turn.text})
     return messages
 
 
@@ -102,8 +108,8 @@ class MMARApp:
         return (enlarge(self.engine.model_view(image, mask)), *self._gallery(generated))
 
     def describe(self, editor_value, question, max_new_tokens, chat_mode, conversation):
-        """Streams (chat messages, conversation state, question box) while the answer grows."""
-        question = check_prompt(question)
+        """Streams (chat messages, conversation state) while the answer grows."""
+        question = check_prompt(question, what="question", hint=", e.g. What is in this image?")
         image = editor_image(editor_value)
         check_not_blank(image)
         conversation = list(conversation or []) if chat_mode else []
@@ -113,8 +119,8 @@ class MMARApp:
         answer = ChatTurn("assistant", "")
         for text in self.engine.stream_answer(conversation, max_new_tokens):
             answer.text = text
-            yield _chat_display([*conversation, answer]), conversation, question
-        yield _chat_display([*conversation, answer]), [*conversation, answer], ""
+            yield _chat_display([*conversation, answer]), conversation
+        yield _chat_display([*conversation, answer]), [*conversation, answer]
 
     @staticmethod
     def clear_conversation():
@@ -126,7 +132,7 @@ class MMARApp:
         num_images = CheckedSlider(1, MAX_IMAGES, value=4, step=1, label="Number of images", elem_id=f"{prefix}-num-images")
         seed = CheckedNumber(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed (image i uses seed + i)",
                          elem_id=f"{prefix}-seed")
-        with gr.Accordion("Sampling", open=False):
+        with gr.Accordion("Sampling", open=True):
             guidance = CheckedSlider(0.0, MAX_GUIDANCE, value=3.0, step=0.1, label="Guidance scale (1 = no guidance)")
             num_iter = CheckedSlider(1, engine.tokens_per_image, value=engine.default_num_iter, step=1,
                                  label=f"Masked-AR steps (num_iter, up to {engine.tokens_per_image} image tokens)")
@@ -155,7 +161,7 @@ class MMARApp:
                         controls = self._sampling_controls("generate")
                         button = gr.Button("Generate", variant="primary", elem_id="generate-button")
                     with gr.Column():
-                        gallery = gr.Gallery(label="Generated images (the seed under each)", format="png", columns=4,
+                        gallery = gr.Gallery(label="Generated images (the seed under each)", format="png", columns=4, object_fit="contain",
                                              elem_id="generate-gallery", buttons=["download"])
                         seeds = gr.Textbox(label="Seeds used", interactive=False, elem_id="generate-seeds")
                 for trigger, api_name in ((button.click, "generate"), (prompt.submit, "generate_on_submit")):
@@ -183,7 +189,7 @@ class MMARApp:
                         chatbot = gr.Chatbot(label="Conversation", elem_id="describe-chat", height=420)
                 for trigger, api_name in ((ask.click, "describe"), (question.submit, "describe_on_submit")):
                     self._model_event(trigger, self.describe, [sketch, question, max_new_tokens, chat_mode,
-                                                               conversation], [chatbot, conversation, question],
+                                                               conversation], [chatbot, conversation],
                                       api_name)
                 clear.click(self.clear_conversation, outputs=[chatbot, conversation], api_name="clear_conversation")
 
@@ -203,7 +209,7 @@ class MMARApp:
                     with gr.Column():
                         model_view = gr.Image(label="What the model sees (red: the tokens it regenerates)",
                                               format="png", interactive=False, elem_id="inpaint-model-view")
-                        inpainted = gr.Gallery(label="Completions (the seed under each)", format="png", columns=4,
+                        inpainted = gr.Gallery(label="Completions (the seed under each)", format="png", columns=4, object_fit="contain",
                                                elem_id="inpaint-gallery", buttons=["download"])
                         inpaint_seeds = gr.Textbox(label="Seeds used", interactive=False)
                 self._model_event(inpaint_button.click, self.inpaint, [editor, inpaint_prompt, *inpaint_controls],
