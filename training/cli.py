@@ -226,4 +226,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m training.cli` runs this file as __main__; the sub-commands raise `training.cli.CommandError`, so run
+    # the main of that module (a refusal is then one line with status 2 here too).
+    from training.cli import main as package_main
+
+    sys.exit(package_main())

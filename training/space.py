@@ -27,7 +27,7 @@ DEFAULT_SCREENSHOT = Path(hub_cards.__file__).resolve().parent / SCREENSHOT_NAME
 REQUIREMENTS = ("torch", "transformers", "diffusers", "tokenizers", "safetensors", "huggingface_hub", "numpy",
                 "pillow", "gradio")
 
-APP_TEMPLATE = '''"""The Gradio app of this MMAR model (the README's front matter makes this folder a Hugging Face Space).
+APP_TEMPLATE = '''"""The Gradio app of this MMAR model (the README's front matter makes this folder a HF Space).
 
     pip install -r requirements.txt
     python app.py            # then open http://127.0.0.1:7860 (GRADIO_SERVER_PORT / GRADIO_SERVER_NAME change it)

@@ -129,14 +129,16 @@ class MMARApp:
     # ------------------------------------------------------------------------------------------ page
     def _sampling_controls(self, prefix: str) -> list:
         engine = self.engine
-        num_images = CheckedSlider(1, MAX_IMAGES, value=4, step=1, label="Number of images", elem_id=f"{prefix}-num-images")
+        num_images = CheckedSlider(1, MAX_IMAGES, value=4, step=1, label="Number of images",
+                                   elem_id=f"{prefix}-num-images")
         seed = CheckedNumber(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed (image i uses seed + i)",
-                         elem_id=f"{prefix}-seed")
+                             elem_id=f"{prefix}-seed")
         with gr.Accordion("Sampling", open=True):
             guidance = CheckedSlider(0.0, MAX_GUIDANCE, value=3.0, step=0.1, label="Guidance scale (1 = no guidance)")
             num_iter = CheckedSlider(1, engine.tokens_per_image, value=engine.default_num_iter, step=1,
-                                 label=f"Masked-AR steps (num_iter, up to {engine.tokens_per_image} image tokens)")
-            head_steps = CheckedSlider(1, MAX_HEAD_STEPS, value=50, step=1, label="Head steps (diffusion steps per token)")
+                                     label=f"Masked-AR steps (num_iter, up to {engine.tokens_per_image} image tokens)")
+            head_steps = CheckedSlider(1, MAX_HEAD_STEPS, value=50, step=1,
+                                       label="Head steps (diffusion steps per token)")
             temperature = CheckedSlider(0.0, MAX_TEMPERATURE, value=1.0, step=0.05, label="Temperature")
         return [num_images, seed, guidance, num_iter, head_steps, temperature]
 
@@ -161,8 +163,8 @@ class MMARApp:
                         controls = self._sampling_controls("generate")
                         button = gr.Button("Generate", variant="primary", elem_id="generate-button")
                     with gr.Column():
-                        gallery = gr.Gallery(label="Generated images (the seed under each)", format="png", columns=4, object_fit="contain",
-                                             elem_id="generate-gallery", buttons=["download"])
+                        gallery = gr.Gallery(label="Generated images (the seed under each)", format="png", columns=4,
+                                             object_fit="contain", elem_id="generate-gallery", buttons=["download"])
                         seeds = gr.Textbox(label="Seeds used", interactive=False, elem_id="generate-seeds")
                 for trigger, api_name in ((button.click, "generate"), (prompt.submit, "generate_on_submit")):
                     self._model_event(trigger, self.generate, [prompt, *controls], [gallery, seeds], api_name)
@@ -178,8 +180,10 @@ class MMARApp:
                             canvas_size=(SKETCH_SIDE, SKETCH_SIDE), layers=False,
                             brush=gr.Brush(default_size=24, colors=["#ffffff", "#000000"], default_color="#ffffff"),
                             label="Image: upload one, or draw with the brush (white ink on black)")
-                        question = gr.Textbox(value=self.default_question, label="Question", elem_id="describe-question")
-                        max_new_tokens = CheckedSlider(1, MAX_NEW_TOKENS, value=16, step=1, label="Maximum new tokens")
+                        question = gr.Textbox(value=self.default_question, label="Question",
+                                              elem_id="describe-question")
+                        max_new_tokens = CheckedSlider(1, MAX_NEW_TOKENS, value=16, step=1,
+                                                       label="Maximum new tokens")
                         chat_mode = gr.Checkbox(False, label="Chat mode: keep the conversation (every turn, with its "
                                                               "image, goes through the chat template)")
                         with gr.Row():
@@ -199,7 +203,7 @@ class MMARApp:
                         editor = CheckedImageEditor(
                             type="pil", image_mode="RGBA", sources=("upload", "clipboard"), format="png",
                             elem_id="inpaint-image", layers=False,
-                            brush=gr.Brush(default_size=32, colors=["#ff0000"], default_color="#ff0000",
+                            brush=gr.Brush(default_size=16, colors=[("#ff0000", 0.6)], default_color=("#ff0000", 0.6),
                                            color_mode="fixed"),
                             label="Image: upload it, then paint over the part to regenerate")
                         inpaint_prompt = gr.Textbox(label="Prompt (may be empty: complete without a caption)",
@@ -209,8 +213,8 @@ class MMARApp:
                     with gr.Column():
                         model_view = gr.Image(label="What the model sees (red: the tokens it regenerates)",
                                               format="png", interactive=False, elem_id="inpaint-model-view")
-                        inpainted = gr.Gallery(label="Completions (the seed under each)", format="png", columns=4, object_fit="contain",
-                                               elem_id="inpaint-gallery", buttons=["download"])
+                        inpainted = gr.Gallery(label="Completions (the seed under each)", format="png", columns=4,
+                                               object_fit="contain", elem_id="inpaint-gallery", buttons=["download"])
                         inpaint_seeds = gr.Textbox(label="Seeds used", interactive=False)
                 self._model_event(inpaint_button.click, self.inpaint, [editor, inpaint_prompt, *inpaint_controls],
                                   [model_view, inpainted, inpaint_seeds], api_name="inpaint")
