@@ -3,8 +3,10 @@ over the demo model (trained once per session): the judge reads the digits it dr
 a conversation, streams answers, inpaints, and bad input gets a message while the server keeps serving."""
 
 import json
+import re
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +24,7 @@ from training.inpainting_eval import heldout_digit_images
 from training.judge import get_judge
 from training.serve import training_examples
 
+README = Path(__file__).resolve().parents[1] / "README.md"
 SAMPLING = (3.0, 16, 50, 1.0)  # guidance scale, num_iter (masked-AR steps), head steps, temperature
 
 
@@ -161,7 +164,9 @@ def test_answers_stream_token_by_token(demo_model_dir, tmp_path):
         job = Client(url, verbose=False).submit(editor(tmp_path / "digit.png"), "What digit is this?", 5, False,
                                                 api_name="/describe")
         final = job.result()
-        answers = [outputs[-1]["content"][0]["text"] for outputs in job.outputs()]
+        # Every update the client received (skipping any that carried no chat, which the client may record).
+        answers = [messages[-1]["content"][0]["text"] for messages in job.outputs()
+                   if isinstance(messages, list) and messages and messages[-1]["role"] == "assistant"]
     assert final[-1]["content"][0]["text"] == answers[-1] and len(answers[-1].split()) == 5
     words = [len(answer.split()) for answer in answers]
     assert words == sorted(words) and len(set(words)) >= 4, answers  # the answer grew a word at a time
@@ -222,3 +227,11 @@ def test_words_the_model_never_saw_are_named(demo_model_dir):
     engine = MMARAppEngine.from_folder(demo_model_dir)
     assert engine.unknown_words("a handwritten dragon") == ["dragon"]
     assert engine.unknown_words("a handwritten seven") == []
+
+
+def test_the_readme_client_snippet_runs_against_the_app(served, capsys):
+    client, page = served
+    snippet = re.search(r"<!-- app-client-snippet -->\n```python\n(.*?)```", README.read_text(), re.S).group(1)
+    exec(compile(snippet.replace("http://127.0.0.1:7860/", page.local_url), "README.md", "exec"), {})  # noqa: S102
+    printed = capsys.readouterr().out.strip().splitlines()[-1]  # after gradio_client's "Loaded as API: ..."
+    assert printed.startswith("0, 1, 2, 3 [") and printed.count(".png") == 4
