@@ -8,6 +8,7 @@ import torch
 from trained_demo import trained_demo_run
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+import processors  # noqa: F401  (registers the Auto classes; the model may have been trained in another process)
 from modeling_mmar import MMARPipeline
 from training.data import DIGIT_WORDS, digit_caption, first_named_digit, load_digits_dataset
 from training.judge import get_judge

@@ -218,6 +218,9 @@ def test_bad_input_gets_a_message_and_the_server_keeps_serving(client, tmp_path)
     digit.resize((64, 64)).save(tmp_path / "digit.png")
     assert "Type a question first" in refused("/describe", editor(tmp_path / "digit.png"), " ", 8, False)
     assert "Paint over" in refused("/inpaint", editor(tmp_path / "digit.png"), "a seven", 1, 0, *SAMPLING)
+    # The demo's backbone has 128 positions: a 25-token question cannot take 128 more.
+    assert "exceed the model's 128 positions" in refused("/describe", editor(tmp_path / "digit.png"),
+                                                          "What digit is this?", 128, False)
 
     gallery, _ = generate(client, "a handwritten seven")  # still serving
     assert len(gallery) == 1

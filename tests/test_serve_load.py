@@ -57,7 +57,10 @@ def test_eight_concurrent_requests_are_all_answered_in_order_within_the_limits(t
             wait_for(lambda: job.status().code not in (Status.STARTING, Status.JOINING_QUEUE), f"request {i} queued")
             jobs.append(job)
         wait_for(lambda: len(engine.started) == CONCURRENCY_LIMIT, "the first requests to start")
-        assert [job.status().code for job in jobs[CONCURRENCY_LIMIT:]] == [Status.IN_QUEUE] * MAX_QUEUE_SIZE
+        waiting = jobs[CONCURRENCY_LIMIT:]
+        assert [job.status().code for job in waiting] == [Status.IN_QUEUE] * MAX_QUEUE_SIZE
+        # The queue's own order, as it reports each waiting request's place: first come, first placed.
+        wait_for(lambda: [job.status().rank for job in waiting] == list(range(MAX_QUEUE_SIZE)), "queue places")
 
         overflow = clients[8].submit("a handwritten three", 1, 999, 3.0, 4, 5, 1.0, api_name="/generate")
         with pytest.raises(Exception, match="(?i)queue is full"):
@@ -69,6 +72,10 @@ def test_eight_concurrent_requests_are_all_answered_in_order_within_the_limits(t
     # Every request answered with its own images, none lost, none mixed up.
     assert [seeds for _, seeds in results] == [f"{100 + 2 * i}, {101 + 2 * i}" for i in range(8)]
     assert all(len(gallery) == 2 for gallery, _ in results)
-    assert engine.started == [100 + 2 * i for i in range(8)]  # started in arrival order
+    # Started in arrival order: the queue hands requests out first come, first served; two handed out at the same
+    # moment (when both running requests finish together) may enter the model in either order.
+    arrival = [100 + 2 * i for i in range(8)]
+    assert engine.started[:CONCURRENCY_LIMIT] == arrival[:CONCURRENCY_LIMIT]
+    assert all(abs(engine.started.index(seed) - i) < CONCURRENCY_LIMIT for i, seed in enumerate(arrival))
     assert engine.most_active == CONCURRENCY_LIMIT  # the limit was reached and never exceeded
     assert 999 not in engine.started

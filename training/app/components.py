@@ -5,7 +5,7 @@ keep gradio's front end (`is_template`: the parent's Svelte component) and only 
 from __future__ import annotations
 
 import gradio as gr
-from PIL import UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 
 def _label(component) -> str:
@@ -44,7 +44,7 @@ class CheckedImageEditor(gr.ImageEditor):
             return super().preprocess(payload)
         except gr.Error:
             raise
-        except (UnidentifiedImageError, OSError, ValueError) as error:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as error:
             raise gr.Error(f"{_label(self).split(':')[0]}: the file is not an image this app can read (upload a PNG, "
                            f"JPEG, WebP, GIF, BMP or TIFF image; {type(error).__name__})",
                            print_exception=False) from error

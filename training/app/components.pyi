@@ -55,7 +55,7 @@ class CheckedImageEditor(gr.ImageEditor):
             return super().preprocess(payload)
         except gr.Error:
             raise
-        except (UnidentifiedImageError, OSError, ValueError) as error:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as error:
             raise gr.Error(f"{_label(self).split(':')[0]}: the file is not an image this app can read (upload a PNG, "
                            f"JPEG, WebP, GIF, BMP or TIFF image; {type(error).__name__})",
                            print_exception=False) from error

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor, TextIteratorStreamer
 
 from .inputs import InputError, check_number, check_prompt, mask_at_resolution, square_crop
 
@@ -47,8 +48,6 @@ def installed_package_available() -> bool:
 
 def load_components(model_dir, device: str | None = None, dtype: torch.dtype = torch.float32):
     """(model, processor, scheduler or None) from a saved MMAR folder; see the module docstring."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
     folder = Path(model_dir)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{str(folder)!r} holds no saved MMAR model (config.json is missing)")
@@ -79,6 +78,22 @@ def load_scheduler(folder: Path, model):
 
         scheduler_class = getattr(diffusers, class_name)
     return scheduler_class.from_pretrained(str(folder / "scheduler"))
+
+
+class LockedStreamer(TextIteratorStreamer):
+    """TextIteratorStreamer that decodes under the engine's tokenizer lock (it decodes in the generating thread)."""
+
+    def __init__(self, tokenizer, lock, **kwargs):
+        super().__init__(tokenizer, **kwargs)
+        self.lock = lock
+
+    def put(self, value):
+        with self.lock:
+            super().put(value)
+
+    def end(self):
+        with self.lock:
+            super().end()
 
 
 @dataclass
@@ -127,6 +142,8 @@ class MMARAppEngine:
 
     def __init__(self, model, processor, scheduler=None):
         self.model, self.processor, self.scheduler = model, processor, scheduler
+        # A fast tokenizer is one Rust object whose padding settings change per call: one request at a time uses it.
+        self.tokenizer_lock = threading.RLock()
         config = model.config
         self.image_size, self.num_channels = config.image_size, config.num_channels
         self.tokens_per_image = config.tokens_per_image
@@ -146,12 +163,14 @@ class MMARAppEngine:
         unk = getattr(tokenizer, "unk_token_id", None)
         if unk is None or not prompt or not getattr(tokenizer, "is_fast", False):
             return []
-        encoding = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
+        with self.tokenizer_lock:
+            encoding = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
         return sorted({prompt[start:end] for token, (start, end) in zip(encoding["input_ids"],
                                                                           encoding["offset_mapping"]) if token == unk})
 
     def _image_prompt(self, prompt: str) -> dict:
-        batch = self.processor(text=[prompt], generation_mode="image", return_tensors="pt")
+        with self.tokenizer_lock:
+            batch = self.processor(text=[prompt], generation_mode="image", return_tensors="pt")
         return {key: batch[key].to(self.model.device) for key in ("input_ids", "attention_mask")}
 
     def generate(self, prompt: str, settings: GenerationSettings, progress: Callable | None = None,
@@ -184,7 +203,8 @@ class MMARAppEngine:
     # ------------------------------------------------------------------------------------------ inpainting helpers
     def pixel_values(self, image: Image.Image) -> torch.Tensor:
         """The image as the model sees it: centre square, resized to the model's size, in the model's colours."""
-        pixel_values = self.processor.image_processor(square_crop(image), return_tensors="pt")["pixel_values"]
+        with self.tokenizer_lock:
+            pixel_values = self.processor.image_processor(square_crop(image), return_tensors="pt")["pixel_values"]
         return pixel_values.to(self.model.device)
 
     def masked_tokens(self, mask: np.ndarray) -> int:
@@ -211,25 +231,32 @@ class MMARAppEngine:
         for turn in conversation:
             content = [{"type": "image"}] if turn.image is not None else []
             messages.append({"role": turn.role, "content": [*content, {"type": "text", "text": turn.text}]})
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        with self.tokenizer_lock:
+            return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def chat_inputs(self, conversation: list[ChatTurn]) -> dict:
         """Model inputs of the conversation: its chat-template text and the turns' images, in order."""
         images = [turn.image for turn in conversation if turn.image is not None]
-        batch = self.processor(images=images or None, text=[self.chat_text(conversation)], return_tensors="pt")
+        text = self.chat_text(conversation)
+        with self.tokenizer_lock:
+            batch = self.processor(images=images or None, text=[text], return_tensors="pt")
         batch.pop("token_type_ids", None)
         return {key: value.to(self.model.device) for key, value in batch.items()}
 
     def stream_answer(self, conversation: list[ChatTurn], max_new_tokens: int = 16) -> Iterator[str]:
         """The answer to the last user turn, yielded as it grows (transformers' TextIteratorStreamer; greedy)."""
-        from transformers import TextIteratorStreamer
-
         max_new_tokens = check_number("Maximum new tokens", max_new_tokens, 1, MAX_NEW_TOKENS, integer=True)
         if not conversation or conversation[-1].role != "user":
             raise InputError("Ask a question first")
         inputs = self.chat_inputs(conversation)
-        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True,
-                                        timeout=600)
+        positions = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        length = inputs["input_ids"].shape[1]
+        if positions is not None and length + max_new_tokens > positions:
+            raise InputError(f"The conversation is {length} tokens long; with {max_new_tokens} new tokens it would "
+                             f"exceed the model's {positions} positions. Clear the conversation (or ask for fewer "
+                             "new tokens)")
+        streamer = LockedStreamer(self.processor.tokenizer, self.tokenizer_lock, skip_prompt=True,
+                                  skip_special_tokens=True, timeout=600)
         failure: list[BaseException] = []
 
         def run() -> None:
