@@ -119,7 +119,7 @@ class MMARApp:
         answer = ChatTurn("assistant", "")
         for text in self.engine.stream_answer(conversation, max_new_tokens):
             answer.text = text
-            yield _chat_display([*conversation, answer]), conversation
+            yield _chat_display([*conversation, answer]), gr.skip()  # the kept conversation changes once, at the end
         yield _chat_display([*conversation, answer]), [*conversation, answer]
 
     @staticmethod
@@ -190,7 +190,7 @@ class MMARApp:
                             ask = gr.Button("Ask", variant="primary", elem_id="describe-button")
                             clear = gr.Button("Clear conversation")
                     with gr.Column():
-                        chatbot = gr.Chatbot(label="Conversation", elem_id="describe-chat", height=420)
+                        chatbot = gr.Chatbot(label="Conversation", elem_id="describe-chat", height=560)
                 for trigger, api_name in ((ask.click, "describe"), (question.submit, "describe_on_submit")):
                     self._model_event(trigger, self.describe, [sketch, question, max_new_tokens, chat_mode,
                                                                conversation], [chatbot, conversation],
