@@ -1,53 +1,37 @@
-"""Gradio components whose input errors name the control: gradio's own refusals ("Value 99 is greater than maximum
-value 16.") do not say which slider, and an upload PIL cannot read fails before any handler runs. These templates
-keep gradio's front end (`is_template`: the parent's Svelte component) and only reword those refusals."""
+"""Input errors that name the control. gradio's own refusals ("Value 99 is greater than maximum value 16.") do not
+say which slider, and an upload PIL cannot read fails inside gradio before any handler runs; `labelled` rewords
+both on one component instance. (Wrapping the instance rather than subclassing the component keeps gradio's
+component machinery, which writes a .pyi stub beside every module that defines a component class, out of it.)"""
 
 from __future__ import annotations
+
+import functools
 
 import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
-
-def _label(component) -> str:
-    return str(component.label or "This control")
+IMAGE_ERRORS = (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError)
 
 
-class CheckedSlider(gr.Slider):
-    is_template = True
+def labelled(component):
+    """`component` whose preprocessing refusals start with its label (images: say the file is not one)."""
+    label = str(component.label or "This control").split(":")[0]
+    preprocess = component.preprocess
+    is_image = isinstance(component, (gr.ImageEditor, gr.Image))
 
-    def preprocess(self, payload):
+    @functools.wraps(preprocess)
+    def checked_preprocess(payload):
         try:
-            return super().preprocess(payload)
+            return preprocess(payload)
         except gr.Error as error:
-            raise gr.Error(f"{_label(self)}: {error.message}", print_exception=False) from None
-        except (TypeError, ValueError) as error:
-            raise gr.Error(f"{_label(self)} must be a number, got {payload!r:.40}", print_exception=False) from error
+            raise gr.Error(f"{label}: {error.message}", print_exception=False) from None
+        except IMAGE_ERRORS if is_image else (TypeError, ValueError) as error:
+            reason = ("the file is not an image this app can read (upload a PNG, JPEG, WebP, GIF, BMP or TIFF image; "
+                      f"{type(error).__name__})") if is_image else f"must be a number, got {payload!r:.40}"
+            raise gr.Error(f"{label}: {reason}", print_exception=False) from error
+
+    component.preprocess = checked_preprocess
+    return component
 
 
-class CheckedNumber(gr.Number):
-    is_template = True
-
-    def preprocess(self, payload):
-        try:
-            return super().preprocess(payload)
-        except gr.Error as error:
-            raise gr.Error(f"{_label(self)}: {error.message}", print_exception=False) from None
-        except (TypeError, ValueError) as error:
-            raise gr.Error(f"{_label(self)} must be a number, got {payload!r:.40}", print_exception=False) from error
-
-
-class CheckedImageEditor(gr.ImageEditor):
-    is_template = True
-
-    def preprocess(self, payload):
-        try:
-            return super().preprocess(payload)
-        except gr.Error:
-            raise
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as error:
-            raise gr.Error(f"{_label(self).split(':')[0]}: the file is not an image this app can read (upload a PNG, "
-                           f"JPEG, WebP, GIF, BMP or TIFF image; {type(error).__name__})",
-                           print_exception=False) from error
-
-
-__all__ = ["CheckedImageEditor", "CheckedNumber", "CheckedSlider"]
+__all__ = ["labelled"]

@@ -15,7 +15,7 @@ import logging
 import gradio as gr
 from PIL import Image
 
-from .components import CheckedImageEditor, CheckedNumber, CheckedSlider
+from .components import labelled
 from .engine import (MAX_GUIDANCE, MAX_HEAD_STEPS, MAX_IMAGES, MAX_NEW_TOKENS, MAX_SEED, MAX_TEMPERATURE, ChatTurn,
                      GenerationSettings, MMARAppEngine)
 from .inputs import InputError, check_not_blank, check_prompt, editor_image, editor_mask, enlarge
@@ -129,17 +129,19 @@ class MMARApp:
     # ------------------------------------------------------------------------------------------ page
     def _sampling_controls(self, prefix: str) -> list:
         engine = self.engine
-        num_images = CheckedSlider(1, MAX_IMAGES, value=4, step=1, label="Number of images",
-                                   elem_id=f"{prefix}-num-images")
-        seed = CheckedNumber(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed (image i uses seed + i)",
-                             elem_id=f"{prefix}-seed")
+        num_images = labelled(gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Number of images",
+                                        elem_id=f"{prefix}-num-images"))
+        seed = labelled(gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED,
+                                  label="Seed (image i uses seed + i)", elem_id=f"{prefix}-seed"))
         with gr.Accordion("Sampling", open=True):
-            guidance = CheckedSlider(0.0, MAX_GUIDANCE, value=3.0, step=0.1, label="Guidance scale (1 = no guidance)")
-            num_iter = CheckedSlider(1, engine.tokens_per_image, value=engine.default_num_iter, step=1,
-                                     label=f"Masked-AR steps (num_iter, up to {engine.tokens_per_image} image tokens)")
-            head_steps = CheckedSlider(1, MAX_HEAD_STEPS, value=50, step=1,
-                                       label="Head steps (diffusion steps per token)")
-            temperature = CheckedSlider(0.0, MAX_TEMPERATURE, value=1.0, step=0.05, label="Temperature")
+            guidance = labelled(gr.Slider(0.0, MAX_GUIDANCE, value=3.0, step=0.1,
+                                          label="Guidance scale (1 = no guidance)"))
+            num_iter = labelled(gr.Slider(1, engine.tokens_per_image, value=engine.default_num_iter, step=1,
+                                          label=f"Masked-AR steps (num_iter, up to {engine.tokens_per_image} "
+                                                "image tokens)"))
+            head_steps = labelled(gr.Slider(1, MAX_HEAD_STEPS, value=50, step=1,
+                                            label="Head steps (diffusion steps per token)"))
+            temperature = labelled(gr.Slider(0.0, MAX_TEMPERATURE, value=1.0, step=0.05, label="Temperature"))
         return [num_images, seed, guidance, num_iter, head_steps, temperature]
 
     def _model_event(self, trigger, function, inputs, outputs, api_name: str):
@@ -174,16 +176,16 @@ class MMARApp:
                 with gr.Row():
                     with gr.Column():
                         canvas = Image.new("RGB", (SKETCH_SIDE, SKETCH_SIDE), "black")
-                        sketch = CheckedImageEditor(
+                        sketch = labelled(gr.ImageEditor(
                             value={"background": canvas, "layers": [], "composite": canvas}, type="pil",
                             image_mode="RGB", sources=("upload", "clipboard"), format="png", elem_id="describe-image",
                             canvas_size=(SKETCH_SIDE, SKETCH_SIDE), layers=False,
                             brush=gr.Brush(default_size=24, colors=["#ffffff", "#000000"], default_color="#ffffff"),
-                            label="Image: upload one, or draw with the brush (white ink on black)")
+                            label="Image: upload one, or draw with the brush (white ink on black)"))
                         question = gr.Textbox(value=self.default_question, label="Question",
                                               elem_id="describe-question")
-                        max_new_tokens = CheckedSlider(1, MAX_NEW_TOKENS, value=16, step=1,
-                                                       label="Maximum new tokens")
+                        max_new_tokens = labelled(gr.Slider(1, MAX_NEW_TOKENS, value=16, step=1,
+                                                            label="Maximum new tokens"))
                         chat_mode = gr.Checkbox(False, label="Chat mode: keep the conversation (every turn, with its "
                                                               "image, goes through the chat template)")
                         with gr.Row():
@@ -200,12 +202,12 @@ class MMARApp:
             with gr.Tab("Inpaint", id="inpaint"):
                 with gr.Row():
                     with gr.Column():
-                        editor = CheckedImageEditor(
+                        editor = labelled(gr.ImageEditor(
                             type="pil", image_mode="RGBA", sources=("upload", "clipboard"), format="png",
                             elem_id="inpaint-image", layers=False,
                             brush=gr.Brush(default_size=16, colors=[("#ff0000", 0.6)], default_color=("#ff0000", 0.6),
                                            color_mode="fixed"),
-                            label="Image: upload it, then paint over the part to regenerate")
+                            label="Image: upload it, then paint over the part to regenerate"))
                         inpaint_prompt = gr.Textbox(label="Prompt (may be empty: complete without a caption)",
                                                     elem_id="inpaint-prompt")
                         inpaint_controls = self._sampling_controls("inpaint")
