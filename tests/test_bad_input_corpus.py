@@ -288,7 +288,7 @@ PROCESSOR_CASES = [
     ("processor-image-4d-array", lambda e: e["processor"](text="<img>", images=np.zeros((1, 1, 8, 8, 3))),
      ValueError, "Image arrays must have 2"),
     ("processor-chat-role", lambda e: e["processor"].apply_chat_template(
-        [{"role": "system", "content": [{"type": "text", "text": "hi"}]}]), ValueError, "roles 'user' and 'assistant'"),
+        [{"role": "tool", "content": [{"type": "text", "text": "hi"}]}]), ValueError, "roles 'system', 'user' and 'assistant'"),
     ("processor-image-mode-truncated", lambda e: e["processor"](text="a handwritten seven", generation_mode="image",
                                                                 truncation=True, max_length=2), ValueError, "<boi>"),
 ]

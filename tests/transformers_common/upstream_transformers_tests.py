@@ -54,7 +54,8 @@ COMMON_FILES = (
     "test_processing_common.py",
     "test_image_processing_common.py",
 )
-DOWNLOAD_TIMEOUT_S = 600
+DOWNLOAD_TIMEOUT_S = 300  # the whole `pip download`; pip itself gives up on a silent index after --timeout
+_failure: "UpstreamTestsUnavailable | None" = None  # a failed download is not retried by every test module
 
 
 class UpstreamTestsUnavailable(RuntimeError):
@@ -87,7 +88,7 @@ def cached_tests_dir(version: str = transformers.__version__) -> Path:
 
 def _download_sdist_tests(version: str, scratch: Path) -> Path:
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--disable-pip-version-check",
-               "--dest", str(scratch), f"transformers=={version}"]
+               "--timeout", "30", "--retries", "2", "--dest", str(scratch), f"transformers=={version}"]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=DOWNLOAD_TIMEOUT_S)
     except subprocess.TimeoutExpired as error:
@@ -130,12 +131,17 @@ def _register_stub(module_name: str, stub_file: str) -> None:
 
 def import_common(module: str) -> types.ModuleType:
     """`transformers_tests.<module>` (e.g. "test_modeling_common"), fetching the files first when needed."""
+    global _failure
+    if _failure is not None:
+        raise _failure
     try:
         tests_dir = cached_tests_dir()
-    except UpstreamTestsUnavailable:
+    except UpstreamTestsUnavailable as error:
+        _failure = error
         raise
-    except Exception as error:  # a broken cache, a full disk, a corrupt archive: still a loud failure
-        raise UpstreamTestsUnavailable(f"could not prepare transformers' common tests: {error!r}") from error
+    except Exception as error:  # a broken cache, a full disk, a corrupt archive: as loud as a failed download
+        _failure = UpstreamTestsUnavailable(f"could not prepare transformers' common tests: {error!r}")
+        raise _failure from error
     _register_package(PACKAGE, tests_dir)
     for subpackage in ("exporters", "generation", "utils"):  # absent from the sdist: only the stubs live there
         _register_package(f"{PACKAGE}.{subpackage}", None)

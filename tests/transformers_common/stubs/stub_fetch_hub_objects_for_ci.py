@@ -22,7 +22,7 @@ def _local_digit_png() -> str:
         digit = load_digits().images[0]  # [8, 8] in [0, 16]
         pixels = np.kron((digit * 255 / 16).astype(np.uint8), np.ones((8, 8), dtype=np.uint8))
         scratch = f"{path}.{os.getpid()}.tmp"
-        Image.fromarray(pixels).convert("RGB").save(scratch)
+        Image.fromarray(pixels).convert("RGB").save(scratch, format="PNG")
         os.replace(scratch, path)  # atomic: concurrent test workers never read half a file
     return path
 
