@@ -365,11 +365,11 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
     def get_output_embeddings(self):
         return self.lm_head
 
-    def get_image_features(self, pixel_values=None, image_mask=None, image_tokens=None, **kwargs):
-        return self.model.get_image_features(pixel_values, image_mask=image_mask, image_tokens=image_tokens, **kwargs)
-
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings
+
+    def get_image_features(self, pixel_values=None, image_mask=None, image_tokens=None, **kwargs):
+        return self.model.get_image_features(pixel_values, image_mask=image_mask, image_tokens=image_tokens, **kwargs)
 
     @property
     def noise_scheduler(self):

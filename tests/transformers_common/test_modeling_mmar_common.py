@@ -133,8 +133,9 @@ class MMARCommonTestMixin:
     _is_composite = True
     # the mixin runs the weight-initialisation check only for models added from 2023 on (read off a copyright header)
     test_can_init_all_missing_weights_before_2023 = True
-    # MMAR's image features come from its image embedder: one hidden state per block plus its input, no vision config
-    skip_test_image_features_output_shape = True  # the [N, L, text hidden size] shape: tests/test_image_features.py
+    # The mixin reads the features' width off a vision config, which MMAR has none of: its image embedder works at the
+    # LLM's width ([N, tokens_per_image, text hidden size], checked in tests/test_transformers_conventions.py).
+    skip_test_image_features_output_shape = True
 
     def setUp(self):
         super().setUp()  # a no-op, unless transformers' common tests could not be fetched: then it fails with why
