@@ -241,6 +241,7 @@ def test_fsdp_sharded_state_dict_with_a_frozen_vae_and_tied_embeddings(single_pr
     run = launch("fsdp.yaml", out, "training.per_device_train_batch_size=2", *STEPS, *VAE_AND_TIED,
                  launch_args=["--fsdp_state_dict_type", "SHARDED_STATE_DICT"])
     assert (run["engine"], run["num_processes"]) == ("FSDP2", 2)
+    assert run["sharded_parameters"][0] == run["sharded_parameters"][1]  # every parameter, the frozen VAE's too
     assert_same_run(out, reference)
 
     # Checkpoints are sharded; the output folder is a plain one: the model's own class and remote code, full
@@ -289,13 +290,33 @@ def test_fsdp_full_state_dict_config_as_shipped(single_process, tmp_path):
 
 # ---------------------------------------------------------------- DeepSpeed (its CPU accelerator, gloo)
 @needs_deepspeed
-@pytest.mark.parametrize("config_file, engine", [("deepspeed_zero2.yaml", "DeepSpeed ZeRO-2"),
-                                                 ("deepspeed_zero3.yaml", "DeepSpeed ZeRO-3")])
-def test_deepspeed_zero_two_processes_train_what_one_process_trains(single_process, tmp_path, config_file, engine):
+def test_deepspeed_zero2_two_processes_train_what_one_process_trains(single_process, tmp_path):
     reference, _ = single_process
-    out = tmp_path / "deepspeed"
-    run = launch(config_file, out, "training.per_device_train_batch_size=2", *STEPS)
-    assert (run["engine"], run["num_processes"]) == (engine, 2)
+    out = tmp_path / "zero2"
+    run = launch("deepspeed_zero2.yaml", out, "training.per_device_train_batch_size=2", *STEPS)
+    assert (run["engine"], run["num_processes"]) == ("DeepSpeed ZeRO-2", 2)
+    assert_same_run(out, reference)
+    with pytest.raises(ValueError, match=r"written by DeepSpeed on 2 processes.*--num_processes 2"):
+        check_resume(out / "checkpoint-3", env={"ACCELERATE_USE_DEEPSPEED": "true", "WORLD_SIZE": "1"})
+
+
+# ZeRO-3 keeps parameters under 100,000 values whole on every process: a width of 320 makes it partition the
+# decoder layer's and the diffusion head's matrices.
+WIDE = ["model.text_config.hidden_size=320", "model.text_config.intermediate_size=640", "model.head_width=320"]
+
+
+@needs_deepspeed
+def test_deepspeed_zero3_two_processes_train_what_one_process_trains(tmp_path):
+    reference = tmp_path / "one"
+    os.environ["MMAR_NUM_THREADS"] = "1"
+    try:
+        train(tiny("training.per_device_train_batch_size=4", *STEPS, *WIDE), output_dir=str(reference))
+    finally:
+        del os.environ["MMAR_NUM_THREADS"]
+    out = tmp_path / "zero3"
+    run = launch("deepspeed_zero3.yaml", out, "training.per_device_train_batch_size=2", *STEPS, *WIDE)
+    assert (run["engine"], run["num_processes"]) == ("DeepSpeed ZeRO-3", 2)
+    assert run["sharded_parameters"][0] >= 8  # partitioned, not only replicated
     assert_same_run(out, reference)
     with pytest.raises(ValueError, match=r"written by DeepSpeed on 2 processes.*--num_processes 2"):
         check_resume(out / "checkpoint-3", env={"ACCELERATE_USE_DEEPSPEED": "true", "WORLD_SIZE": "1"})

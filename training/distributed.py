@@ -320,6 +320,18 @@ def engine_in_use(trainer) -> str:
     return "single process"
 
 
+def sharded_parameter_count(trainer) -> tuple[int, int]:
+    """(parameters this process holds only a shard of, all parameters): FSDP2's DTensors, or DeepSpeed ZeRO-3's
+    partitioned parameters (ZeRO-3 keeps parameters smaller than its persistence threshold whole on every process)."""
+    params = list(trainer.accelerator.unwrap_model(trainer.model_wrapped).parameters())
+    if hasattr(trainer.model_wrapped, "zero_optimization_partition_weights") and \
+            trainer.model_wrapped.zero_optimization_partition_weights():
+        return sum(1 for p in params if not getattr(p, "ds_persist", True)), len(params)
+    from torch.distributed.tensor import DTensor
+
+    return sum(1 for p in params if isinstance(p, DTensor)), len(params)
+
+
 def peak_memory_mib() -> float:
     """This process's peak memory: the accelerator's peak allocation where there is one, else the peak RSS."""
     if torch.cuda.is_available():
@@ -333,5 +345,5 @@ def is_engine_checkpoint(folder: Path) -> bool:
 
 __all__ = ["check_launch", "check_resume", "checkpoint_engine", "choose_fsdp_units", "engine_in_use", "check_loss_composition", "every_parameter_gets_a_gradient", "global_batch_loss",
            "is_engine_checkpoint", "launched_world_size", "peak_memory_mib", "plain_model_class", "requested_engine",
-           "save_gathered_model",
+           "save_gathered_model", "sharded_parameter_count",
            "use_fsdp_on_cpu_processes"]

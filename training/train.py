@@ -28,7 +28,7 @@ from .data import DIGIT_DATASETS, digits_corpus, load_digit_dataset, load_image_
 from .image_token_cache import add_image_tokens
 from .distributed import (check_launch, check_loss_composition, check_resume, choose_fsdp_units, every_parameter_gets_a_gradient,
                           engine_in_use, global_batch_loss, is_engine_checkpoint, peak_memory_mib, save_gathered_model,
-                          use_fsdp_on_cpu_processes)
+                          sharded_parameter_count, use_fsdp_on_cpu_processes)
 from .plots import plot_loss
 from .row_noise import ROW_SEEDS, RowSeedCollator, RowSeededDiffusionLoss
 from .run_config import load_config
@@ -379,19 +379,20 @@ def check_complete_checkpoint(folder) -> None:
 
 
 def record_engine_and_memory(trainer) -> None:
-    """The engine that trained and the peak memory of every process (MiB: accelerator allocation, else RSS), printed
-    by the main process and kept in the run summary of the log history (`engine`, `num_processes`,
-    `peak_memory_mib_per_process`)."""
+    """The engine that trained, how many parameters it sharded and the peak memory of every process (MiB: accelerator
+    allocation, else RSS), printed by the main process and kept in the run summary of the log history (`engine`,
+    `num_processes`, `sharded_parameters` [sharded, all], `peak_memory_mib_per_process`)."""
     local = torch.tensor([peak_memory_mib()], dtype=torch.float64, device=trainer.args.device)
     values = [round(v, 1) for v in trainer.accelerator.gather(local).tolist()]
     engine = engine_in_use(trainer)
+    sharded, total = sharded_parameter_count(trainer)
     summary = next((e for e in reversed(trainer.state.log_history) if "train_runtime" in e), None)
     if summary is not None:
         summary.update(engine=engine, num_processes=trainer.accelerator.num_processes,
-                       peak_memory_mib_per_process=values)
+                       peak_memory_mib_per_process=values, sharded_parameters=[sharded, total])
     if trainer.is_world_process_zero():
-        print(f"Trained with {engine} on {trainer.accelerator.num_processes} process(es); peak memory per process: "
-              f"{', '.join(f'{v:.0f} MiB' for v in values)}")
+        print(f"Trained with {engine} on {trainer.accelerator.num_processes} process(es), {sharded} of {total} "
+              f"parameters sharded; peak memory per process: {', '.join(f'{v:.0f} MiB' for v in values)}")
 
 
 def train(config: dict, output_dir: str | None = None, resume_from_checkpoint: str | bool | None = None) -> TrainingRun:
