@@ -14,12 +14,13 @@ from transformers.utils import TransformersKwargs, can_return_tuple, logging
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_mmar import MMARConfig
-from .diffusion_head_mmar import MMARDiffusionHead
+from .diffusion_head_mmar import MMARDiffusionHead, per_image_diffusion_draws
 from .embedder_mmar import MMARImageEmbedder
 from .generation_mmar import MMARGenerationMixin
 from .image_features_mmar import (count_image_spans, encode_image_features, image_features_from_encoder_outputs,
                                   image_positions_in, span_block_ids)
 from .input_checks_mmar import (
+    check_generator,
     check_labels,
     check_sequence,
     embedding_rows,
@@ -382,10 +383,18 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
         return self._noise_scheduler
 
     def diffusion_loss(self, conditions: torch.Tensor, targets: torch.Tensor,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """The head's loss on tokens `targets` [M, D] given LLM states `conditions` [M, H] (`MMARDiffusionHead.loss`)."""
-        return self.diffusion_head.loss(conditions, targets, self.noise_scheduler, self.config.diffusion_batch_mul,
-                                        generator=generator)
+                       generator: torch.Generator | list[torch.Generator] | None = None,
+                       image_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The head's loss on tokens `targets` [M, D] given LLM states `conditions` [M, H] (`MMARDiffusionHead.loss`).
+        With a list of generators, one per image of `image_mask` (whose True tokens are the M targets), each image's
+        timesteps and noise come from its own generator (`per_image_diffusion_draws`)."""
+        batch_mul, noise, timesteps = self.config.diffusion_batch_mul, None, None
+        if isinstance(generator, (list, tuple)):
+            timesteps, noise = per_image_diffusion_draws(generator, image_mask, batch_mul, targets.shape[-1],
+                                                         self.noise_scheduler.config.num_train_timesteps)
+            generator = None
+        return self.diffusion_head.loss(conditions, targets, self.noise_scheduler, batch_mul, generator=generator,
+                                        noise=noise, timesteps=timesteps)
 
     @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
@@ -415,6 +424,8 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
         generator: draws the diffusion loss's timesteps and noise. Without one, training draws them from the global
             RNG (seeded by `set_seed`), and eval mode from a generator seeded with `EVAL_DIFFUSION_SEED`, so that an
             evaluation loss is a function of the inputs and the weights alone (every call draws the same sequence).
+            A list holds one generator per image: an image's draws then do not depend on the rest of its batch, so a
+            batch split over several processes is noised as it is in one (as `mmar train` does).
         """
         shift_labels = kwargs.pop("shift_labels", None)  # targets already aligned with the logits (sequence parallel)
         self.model._inside_owner_forward = True
@@ -463,7 +474,9 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
             targets = outputs.image_tokens.reshape(-1, outputs.image_tokens.shape[-1])
             if generator is None and not self.training:
                 generator = torch.Generator(device=image_hidden.device).manual_seed(EVAL_DIFFUSION_SEED)
-            image_loss = self.diffusion_loss(image_hidden[flat_mask], targets[flat_mask], generator=generator)
+            check_generator(generator, image_mask.shape[0], what="images")
+            image_loss = self.diffusion_loss(image_hidden[flat_mask], targets[flat_mask], generator=generator,
+                                             image_mask=image_mask)
 
         loss = None
         if text_loss is not None:

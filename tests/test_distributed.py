@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from training.distributed import (ENGINE_CHECKPOINT_WEIGHTS, check_launch, check_resume, choose_fsdp_units,
                                   every_parameter_gets_a_gradient, global_batch_loss, loss_part_counts)
-from training.row_noise import ROW_SEEDS, RowSeedCollator, RowSeededDiffusionLoss
+from training.row_noise import ROW_SEEDS, RowSeedCollator, row_generators
 from training.run_config import CONFIG_DIR, load_config
 from training.train import build_run, train
 
@@ -130,15 +130,12 @@ def single_process_vae_tied(tmp_path_factory):
 def _split_gradients(model, batch, halves):
     """Gradients of the global-batch loss computed whole (1 process) and as `halves` (the rows each of 2
     processes holds), averaged as DDP / FSDP / ZeRO average them."""
-    loss_of = RowSeededDiffusionLoss(model)
     every_parameter_gets_a_gradient(model)
     params = [p for p in model.parameters() if p.requires_grad]
 
     def part(rows, num_processes, totals):
         inputs = {k: v[rows] for k, v in batch.items()}
-        seeds = inputs.pop(ROW_SEEDS)
-        with loss_of.rows(seeds, inputs["image_mask"]):
-            outputs = model(**inputs)
+        outputs = model(**inputs, generator=row_generators(inputs.pop(ROW_SEEDS)))
         loss, _ = global_batch_loss(outputs, inputs, model.config, num_processes, lambda t: totals)
         return torch.autograd.grad(loss, params, allow_unused=False)
 

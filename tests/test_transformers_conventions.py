@@ -132,6 +132,29 @@ def test_training_draws_fresh_noise_unless_given_a_generator(pixels):
     assert torch.equal(*seeded)
 
 
+def test_one_generator_per_image_makes_an_images_loss_independent_of_its_batch(model, pixels):
+    """As diffusers pipelines take one generator per image: with a list, image i's timesteps and noise come from
+    generator i alone, so a batch split in two (as over two processes) gives the same per-image losses."""
+    config = model.config
+    image_mask = half_masked(3, config.tokens_per_image)
+    image_mask[2, 1::4] = True  # images with different numbers of masked tokens: the batch loss weighs by tokens
+
+    def image_loss(rows, seeds):
+        batch = generation_batch(config, pixels[rows])
+        with torch.no_grad():
+            return model(**batch, pixel_values=pixels[rows], image_mask=image_mask[rows],
+                         generator=[torch.Generator().manual_seed(s) for s in seeds]).image_loss
+
+    whole = image_loss([0, 1, 2], [10, 11, 12])
+    counts = image_mask.sum(1).double()
+    parts = torch.stack([image_loss([0], [10]).double(), image_loss([1, 2], [11, 12]).double()])
+    weights = torch.stack([counts[0], counts[1:].sum()])
+    torch.testing.assert_close(whole.double(), (parts * weights).sum() / weights.sum(), rtol=1e-5, atol=1e-6)
+    assert not torch.equal(whole, image_loss([0, 1, 2], [10, 11, 13]))  # image 2's own generator matters
+    with pytest.raises(ValueError, match="list of 2 generators but 3 images"):
+        image_loss([0, 1, 2], [10, 11])
+
+
 def test_shift_labels_replace_labels_in_the_text_loss(model, pixels):
     # Sequence/context parallel training hands the model targets already aligned with the logits
     batch = {**generation_batch(model.config, pixels), "pixel_values": pixels}

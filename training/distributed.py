@@ -11,7 +11,8 @@ What makes N processes train what one process trains over the same global batch:
   sharded engines reduce gradients in collectives that all processes must enter with the same tensors: FSDP2
   reduce-scatters per unit the parameters that have a gradient, DeepSpeed ZeRO buckets them, and a mismatch hangs or
   aborts ("Received data size doesn't match expected size" from gloo under ZeRO-2).
-- `row_noise.py`: the diffusion noise of a row comes from the row's own seed (it otherwise depends on the batch).
+- `row_noise.py`: the diffusion noise of a row comes from the row's own seed (it otherwise depends on the batch): the
+  model's `forward(generator=[...])` takes one generator per image.
 
 Checks made before any process builds a model (`check_launch`): the engine the accelerate config names is installed,
 and with `training.accelerator_config.split_batches` (one global batch split over the processes) the world size
@@ -243,13 +244,16 @@ def every_parameter_gets_a_gradient(model) -> None:
         if output.get("image_loss") is None:
             head = module.diffusion_head
             hidden = module.config.get_text_config().hidden_size
-            # Shaped like a real call (the head cannot take an empty batch): its condition requires a gradient as an
-            # LLM state does (ZeRO-3 records which modules' inputs do). The dtype comes from the parameter object:
-            # attribute access (head.input_proj.weight) would make ZeRO-3 gather that weight on this process only.
+            # The model's own diffusion loss on one zero token, so that the head's modules run in the order of a real
+            # step (ZeRO-3 requires the same record on every process; the head cannot take an empty batch). Its
+            # condition requires a gradient as an LLM state does (ZeRO-3 records which modules' inputs do); the
+            # dtype comes from the parameter object (attribute access, head.input_proj.weight, would make ZeRO-3
+            # gather that weight on this process only), the draws from a fixed generator (the global RNG stays as
+            # it is on the processes that had image rows).
             dtype = next(head.parameters()).dtype
             condition = logits.new_zeros(1, hidden, dtype=dtype).requires_grad_()
-            placeholder = 0.0 * head(logits.new_zeros(1, head.token_dim, dtype=dtype),
-                                     torch.zeros(1, dtype=torch.long, device=logits.device), condition).float().sum()
+            token = logits.new_zeros(1, head.token_dim, dtype=dtype)
+            placeholder = 0.0 * module.diffusion_loss(condition, token, generator=torch.Generator().manual_seed(0))
             output["image_loss"] = placeholder
             loss = loss + placeholder
         if output.get("text_loss") is None:

@@ -30,7 +30,7 @@ from .distributed import (check_launch, check_loss_composition, check_resume, ch
                           engine_in_use, global_batch_loss, is_engine_checkpoint, peak_memory_mib, save_gathered_model,
                           sharded_parameter_count, use_fsdp_on_cpu_processes)
 from .plots import plot_loss
-from .row_noise import ROW_SEEDS, RowSeedCollator, RowSeededDiffusionLoss
+from .row_noise import ROW_SEEDS, RowSeedCollator, row_generators
 from .run_config import load_config
 from .threads import CpuThreadsCallback
 
@@ -57,25 +57,18 @@ class MMARTrainer(Trainer):
         self._loss_sums = {"train": defaultdict(float), "eval": defaultdict(float)}
         self._loss_counts = {"train": defaultdict(float), "eval": defaultdict(float)}
         self._loss_composition_checked = False
-        mmar = _mmar_model(self.model)
-        self.row_noise = None
-        if mmar is not None:  # N processes train what one process trains (training/distributed.py, row_noise.py)
-            every_parameter_gets_a_gradient(mmar)
-            existing = mmar.__dict__.get("diffusion_loss")
-            self.row_noise = existing if isinstance(existing, RowSeededDiffusionLoss) else RowSeededDiffusionLoss(mmar)
+        self.mmar = _mmar_model(self.model)
+        if self.mmar is not None:  # N processes train what one process trains (training/distributed.py)
+            every_parameter_gets_a_gradient(self.mmar)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         seeds = inputs.pop(ROW_SEEDS, None)
-        if seeds is not None and self.row_noise is not None:
-            with self.row_noise.rows(seeds, inputs.get("image_mask")):
-                loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
-                                                     num_items_in_batch=num_items_in_batch)
-        else:
-            loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
-                                                 num_items_in_batch=num_items_in_batch)
+        if seeds is not None and self.mmar is not None and inputs.get("image_mask") is not None:
+            inputs["generator"] = row_generators(seeds)  # each row's diffusion noise from its own seed (row_noise.py)
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         split = "train" if model.training else "eval"
-        if split == "train" and isinstance(outputs, dict) and self.row_noise is not None:
-            config = self.row_noise.model.config
+        if split == "train" and isinstance(outputs, dict) and self.mmar is not None:
+            config = self.mmar.config
             if not self._loss_composition_checked:
                 check_loss_composition(outputs, config)
                 self._loss_composition_checked = True
