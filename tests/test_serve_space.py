@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from app_server import free_port, tiny_model_folder
+from conftest import pretend_logged_in_to_the_hub
 from gradio_client import Client, handle_file
-from huggingface_hub import HfApi, ModelCard, constants
+from huggingface_hub import HfApi, ModelCard
 from PIL import Image
 from trained_demo import trained_demo_run
 
@@ -129,10 +130,7 @@ def test_export_writes_the_space_around_the_model(tiny_run, tmp_path):
 
 def test_export_pushes_the_space_and_the_card_links_it(tiny_run, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(export, "get_token", lambda: "hf_token")
-    monkeypatch.setattr(HfApi, "whoami", lambda self, *a, **k: {"name": "someone"})
-    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **k: calls.append(("create", repo_id, k)))
+    pretend_logged_in_to_the_hub(monkeypatch, export, calls)
 
     def upload_folder(self, folder_path, repo_id, **kwargs):
         calls.append(("upload", repo_id, kwargs["repo_type"], "app.py" in os.listdir(folder_path)))

@@ -20,6 +20,8 @@ from transformers import PreTrainedConfig
 from transformers.models.auto import modeling_auto
 from transformers.testing_utils import require_torch, torch_device
 
+from conftest import TINY_VAE
+
 import modeling_mmar  # noqa: F401  (registers the Auto classes)
 import upstream_transformers_tests as upstream
 from modeling_mmar import MMARConfig, MMARForConditionalGeneration, MMARModel
@@ -208,17 +210,7 @@ class MMARModelTest(MMARCommonTestMixin, common.ModelTesterMixin, unittest.TestC
 class MMARImageGenerationInputsTester(MMARModelTester):
     def __init__(self, parent, **kwargs):
         # a two-level AutoencoderKL (8x8 pixels -> 4x4x4 latents): the VAE's loading and fp32 rules are tested too
-        tiny_vae = {
-            "in_channels": 1,
-            "out_channels": 1,
-            "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
-            "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
-            "block_out_channels": [4, 4],
-            "layers_per_block": 1,
-            "latent_channels": 4,
-            "norm_num_groups": 2,
-            "sample_size": 8,
-        }
+        tiny_vae = {**TINY_VAE, "block_out_channels": [4, 4], "norm_num_groups": 2}
         super().__init__(parent, image_at_end=True, mask_images=True, embedder_depth=0, vae_config=tiny_vae, **kwargs)
 
 
