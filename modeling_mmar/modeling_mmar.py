@@ -1,6 +1,5 @@
 """MMAR: one decoder-only LLM over text and continuous image tokens, with a per-token MLP diffusion head."""
 
-import os
 from typing import TYPE_CHECKING
 
 import torch
@@ -20,15 +19,9 @@ from .generation_mmar import MMARGenerationMixin
 from .image_experts_mmar import IMAGE_POSITIONS_KWARG, add_image_experts, freeze_text_model_of
 from .image_features_mmar import (count_image_spans, encode_image_features, image_features_from_encoder_outputs,
                                   image_positions_in, span_block_ids)
-from .input_checks_mmar import (
-    check_generator,
-    check_labels,
-    check_sequence,
-    embedding_rows,
-    resolve_pretrained_path,
-    shareable_permissions,
-)
+from .input_checks_mmar import check_generator, check_labels, check_sequence, embedding_rows
 from .outputs_mmar import MMARCausalLMOutputWithPast, MMARImageFeaturesOutput, MMARModelOutputWithPast  # noqa: F401
+from .save_load_mmar import REMOTE_CODE_AUTO_MAP, MMARSaveLoadMixin
 
 if TYPE_CHECKING:  # never run: diffusers copies only the modules a remote-code file names itself
     from .sampling_mmar import generate_images  # noqa: F401
@@ -46,15 +39,7 @@ except ImportError:  # pragma: no cover
     AutoencoderKL = None
 
 
-# Remote-code auto_map entries that `save_pretrained` adds beside the ones transformers writes itself.
-REMOTE_CODE_AUTO_MAP = {
-    "AutoModel": "modeling_mmar.MMARModel",
-    "AutoModelForImageTextToText": "modeling_mmar.MMARForConditionalGeneration",
-    "AutoModelForCausalLM": "modeling_mmar.MMARForConditionalGeneration",
-}
-
-
-class MMARPreTrainedModel(PreTrainedModel):
+class MMARPreTrainedModel(MMARSaveLoadMixin, PreTrainedModel):
     config: MMARConfig
     base_model_prefix = "model"
     input_modalities = ("image", "text")
@@ -74,30 +59,6 @@ class MMARPreTrainedModel(PreTrainedModel):
         super().__init__(config, *args, **kwargs)
         if config.vae_config is None:  # no module of that name: nothing to keep in fp32
             self._keep_in_fp32_modules_strict = []
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        resolved = resolve_pretrained_path(pretrained_model_name_or_path, "model")
-        if isinstance(pretrained_model_name_or_path, str) and resolved != pretrained_model_name_or_path:
-            # diffusers loaded this class from a pipeline's code-only model/ folder under trust_remote_code=True
-            kwargs.setdefault("trust_remote_code", True)
-        pretrained_model_name_or_path = resolved
-        # Loading replaces every parameter by a fresh `nn.Parameter(requires_grad=True)`: re-freeze the VAE so that
-        # optimizers, PEFT and parameter counts see it as the frozen tokenizer it is.
-        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True
-        for module in model.modules():
-            if isinstance(module, MMARModel):
-                module.freeze_image_tokenizer()
-        freeze_text_model_of(model)  # config.freeze_text_model
-        return loaded
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        result = super().save_pretrained(save_directory, *args, **kwargs)
-        for name in os.listdir(save_directory):  # the weights come from temporary files (0600): readable as saved
-            if name.endswith(".safetensors"):
-                shareable_permissions(os.path.join(save_directory, name))
-        return result
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -325,6 +286,7 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
     # The backbone's plan shards embed_tokens over the vocabulary; the head (tied to it or not) is sharded alike.
     _tp_plan = {"lm_head": "colwise_gather_output"}
+    remote_code_auto_map = REMOTE_CODE_AUTO_MAP  # save_pretrained names every Auto class users expect
 
     def __init__(self, config: MMARConfig):
         super().__init__(config)
@@ -366,14 +328,6 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
         return from_text_model(cls, text_model_or_path, vae=vae, tokenizer=tokenizer, image_size=image_size,
                                patch_size=patch_size, num_channels=num_channels, dtype=dtype, gguf_file=gguf_file,
                                **config_kwargs)
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        # transformers writes auto_map entries only for AutoConfig and the class's own auto class; users of the
-        # remote code also expect AutoModel and AutoModelForCausalLM to resolve, whoever saved the folder. (A bare
-        # MMARModel checkpoint has no heads: it keeps only what transformers writes.)
-        if self._auto_class is not None:
-            self.config.auto_map = {**REMOTE_CODE_AUTO_MAP, **(getattr(self.config, "auto_map", None) or {})}
-        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def get_output_embeddings(self):
         return self.lm_head

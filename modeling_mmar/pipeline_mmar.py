@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # never run: diffusers copies only the modules a remote-code 
     from .image_tokens_mmar import image_block_ids  # noqa: F401
     from .inpainting_mmar import token_mask_from_mask_image  # noqa: F401
     from .outputs_mmar import MMARImageFeaturesOutput  # noqa: F401
+    from .save_load_mmar import MMARSaveLoadMixin  # noqa: F401
     from .scheduling_mmar import MMARScheduler  # noqa: F401
 
 
