@@ -2,6 +2,7 @@
 
 # No `from __future__ import annotations` here: @strict skips the type check of string annotations, so field
 # types must stay real types for `MMARConfig(image_size="8")` to be rejected.
+import contextvars
 import dataclasses
 import inspect
 
@@ -44,6 +45,9 @@ PASS_THROUGH_KWARGS = frozenset({
     "_attn_implementation", "_attn_implementation_internal", "_experts_implementation",
     "_experts_implementation_internal", "rope_scaling", "rope_theta",
 })
+# True while a config is rebuilt from a saved dict: config.json keeps every attribute set on a config after it was
+# built (transformers' contract, its common tests set norm epsilons so), and such files must load again.
+_REBUILDING_FROM_DICT = contextvars.ContextVar("mmar_config_rebuilding_from_dict", default=False)
 
 
 @strict
@@ -134,9 +138,25 @@ class MMARConfig(PreTrainedConfig):
     image_expert: str | None = None
     freeze_text_model: bool = False
 
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        token = _REBUILDING_FROM_DICT.set(True)
+        try:
+            return super().from_dict(config_dict, **kwargs)
+        finally:
+            _REBUILDING_FROM_DICT.reset(token)
+
+    @classmethod
+    def from_json_file(cls, json_file):
+        token = _REBUILDING_FROM_DICT.set(True)
+        try:
+            return super().from_json_file(json_file)
+        finally:
+            _REBUILDING_FROM_DICT.reset(token)
+
     def __post_init__(self, **kwargs):
         unknown = sorted(set(kwargs) - PASS_THROUGH_KWARGS - GENERATION_PARAMETERS)
-        if unknown:
+        if unknown and not _REBUILDING_FROM_DICT.get():  # a typo in a direct construction is refused by name
             fields = sorted(f.name for f in dataclasses.fields(self) if not f.name.startswith("_"))
             raise ValueError(f"MMARConfig got unknown argument(s) {unknown}; its fields are: {', '.join(fields)}")
         super().__post_init__(**kwargs)  # text_config becomes a PreTrainedConfig here

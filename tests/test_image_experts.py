@@ -306,11 +306,16 @@ def test_mmar_finetune_runs_on_a_frozen_expert_model(tmp_path):
     assert merged.config.image_expert == "ffn" and image_expert_routers(merged)
 
 
-def test_bad_image_expert_inputs_are_named(backbones):
+def test_bad_image_expert_inputs_are_named(backbones, tmp_path):
     with pytest.raises(ValueError, match=r"image_expert must be one of \(None, 'ffn', 'attention'\)"):
         tiny_config(image_expert="moe")
     with pytest.raises(ValueError, match="unknown argument.*image_experts"):
         tiny_config(image_experts="ffn")
+    # Only direct construction refuses: a config.json keeps attributes set after construction and loads again.
+    config = tiny_config()
+    config.rms_norm_eps = 1.0
+    config.save_pretrained(tmp_path)
+    assert MMARConfig.from_pretrained(tmp_path).rms_norm_eps == 1.0
     with pytest.raises(ValueError, match="unknown keyword argument.*image_experts"):
         MMARForConditionalGeneration.from_text_model(backbones["qwen2"], image_experts="ffn")
     with pytest.raises(ValueError, match=r"image_expert must be one of \(None, 'ffn', 'attention'\)"):
