@@ -38,6 +38,8 @@ def backbone_projections(image_expert: str | None = None, freeze_text_model: boo
     if freeze_text_model and image_expert != "attention":
         return rf"model\.language_model\.layers\.\d+\.{mlp}"  # the text attention is frozen
     return rf"model\.language_model\.layers\.\d+\.({attention}|{mlp})"
+
+
 # MMAR's own parts, trained in full: the diffusion head and the image embedder (its mask embedding included).
 MODULES_TO_SAVE = ("diffusion_head", "model.image_embedder")
 ADAPTER_INFO = "mmar_adapter.json"
@@ -265,6 +267,5 @@ def merge_adapter(base_dir, adapter_dir, out_dir) -> Path:
 __all__ = [
     "BACKBONE_PROJECTIONS", "MODULES_TO_SAVE", "add_words", "backbone_projections", "base_fingerprint", "check_base",
     "check_targets", "load_adapter_model", "lora_config", "merge_adapter", "read_adapter_info", "save_adapter",
-    "trainable_share",
-    "unknown_words",
+    "trainable_share", "unknown_words",
 ]
