@@ -10,6 +10,7 @@ from modeling_mmar import MMARForConditionalGeneration
 from processors import MMARProcessor, build_tokenizer
 from training.collator import IGNORE_INDEX, MMARDataCollator
 from training.data import digits_corpus, load_digits_dataset
+from training.distributed import check_loss_composition, global_batch_loss
 
 L = 16  # 8x8 digits, patch 2
 
@@ -86,6 +87,10 @@ def test_text_loss_weight_and_image_loss_weight_weigh_the_two_tasks(rows, word_p
     plain, weighted = losses[(1.0, 1.0)], losses[(0.25, 2.0)]
     assert torch.equal(plain.text_loss, weighted.text_loss) and torch.equal(plain.image_loss, weighted.image_loss)
     torch.testing.assert_close(weighted.loss, 0.25 * plain.text_loss + 2.0 * plain.image_loss)
+    # mmar train's loss over processes rebuilds the model's weighting: with one process it is the model's loss.
+    check_loss_composition(weighted, config)
+    rebuilt, _ = global_batch_loss(weighted, batch, config, num_processes=1, reduce_sum=None)
+    torch.testing.assert_close(rebuilt, weighted.loss)
     with pytest.raises(ValueError, match="text_loss_weight must be a finite number >= 0"):
         tiny_config(text_loss_weight=float("nan"))
 
