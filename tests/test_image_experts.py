@@ -146,6 +146,9 @@ def test_experts_run_on_image_positions_only_and_get_gradients_from_them_only(ba
     rows_seen.clear()
     model.model(**processor.tokenizer(TEXTS, return_tensors="pt", padding=True))
     assert rows_seen == []
+    # <img> tokens without images are ordinary text tokens (as in transformers' VLMs): the text weights run them.
+    model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    assert rows_seen == []
     for hook in hooks:
         hook.remove()
 
