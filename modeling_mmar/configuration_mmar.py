@@ -2,10 +2,12 @@
 
 # No `from __future__ import annotations` here: @strict skips the type check of string annotations, so field
 # types must stay real types for `MMARConfig(image_size="8")` to be rejected.
+import contextvars
+import dataclasses
 import inspect
 
 from huggingface_hub.dataclasses import strict
-from transformers import AutoConfig, PreTrainedConfig
+from transformers import AutoConfig, GenerationConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
@@ -13,6 +15,9 @@ try:  # only to check vae_config's keys; the config itself never needs diffusers
     from diffusers import AutoencoderKL
 except ImportError:  # pragma: no cover
     AutoencoderKL = None
+
+# Generation parameters are dropped by PreTrainedConfig (they belong in GenerationConfig), not refused.
+GENERATION_PARAMETERS = frozenset(getattr(GenerationConfig, "_get_default_generation_params", dict)())
 
 # The embedded default: a tiny Qwen2 that trains on 8x8 handwritten digits on a laptop CPU.
 DEFAULT_TEXT_CONFIG = {
@@ -31,6 +36,18 @@ DEFAULT_TEXT_CONFIG = {
 
 NOISE_SCHEDULES = ("squaredcos_cap_v2", "linear", "scaled_linear")
 PREDICTION_TYPES = ("v_prediction", "epsilon", "sample")
+IMAGE_EXPERTS = (None, "ffn", "attention")
+# Keyword arguments that are not MMARConfig fields but that PreTrainedConfig itself reads (or that saved config.json
+# files and transformers' loaders carry); any other unknown keyword is refused by name instead of kept silently.
+PASS_THROUGH_KWARGS = frozenset({
+    "model_type", "auto_map", "name_or_path", "_name_or_path", "torch_dtype", "num_labels", "_commit_hash",
+    "output_attentions", "attn_implementation", "experts_implementation", "per_layer_config", "quantization_config",
+    "_attn_implementation", "_attn_implementation_internal", "_experts_implementation",
+    "_experts_implementation_internal", "rope_scaling", "rope_theta",
+})
+# True while a config is rebuilt from a saved dict: config.json keeps every attribute set on a config after it was
+# built (transformers' contract, its common tests set norm epsilons so), and such files must load again.
+_REBUILDING_FROM_DICT = contextvars.ContextVar("mmar_config_rebuilding_from_dict", default=False)
 
 
 @strict
@@ -71,7 +88,10 @@ class MMARConfig(PreTrainedConfig):
         prediction_type (`str`, *optional*, defaults to `"v_prediction"`):
             What the head regresses: `"v_prediction"` (MMAR's choice), `"epsilon"` or `"sample"`.
         image_loss_weight (`float`, *optional*, defaults to 1.0):
-            `loss = text_loss + image_loss_weight * image_loss`.
+            `loss = text_loss_weight * text_loss + image_loss_weight * image_loss`: the weight of the generation task
+            (the image loss comes from generated images only).
+        text_loss_weight (`float`, *optional*, defaults to 1.0):
+            The weight of the text loss, i.e. of the understanding task in MMAR's training batches.
         boi_token_id (`int`, *optional*, defaults to 4):
             Id of `<boi>`, which opens an image span.
         image_token_id (`int`, *optional*, defaults to 5):
@@ -80,6 +100,13 @@ class MMARConfig(PreTrainedConfig):
             Id of `<eoi>`, which closes an image span.
         tie_word_embeddings (`bool`, *optional*, defaults to `False`):
             Whether `lm_head` shares the text model's input embeddings.
+        image_expert (`str`, *optional*):
+            Separate weights for image positions, initialised from the LLM's: `None` (every weight shared),
+            `"ffn"` (each decoder layer's `.mlp` gets an image copy) or `"attention"` (the MLP and the q/k/v/o
+            projections). Text positions always run the original weights (see `image_experts_mmar.py`).
+        freeze_text_model (`bool`, *optional*, defaults to `False`):
+            Freeze every original LLM weight (layers, norms, embeddings, `lm_head`): with an image expert, text-only
+            inputs then give the original LLM's hidden states exactly, before and after training.
     """
 
     model_type = "mmar"
@@ -103,14 +130,38 @@ class MMARConfig(PreTrainedConfig):
     noise_schedule: str = "squaredcos_cap_v2"
     prediction_type: str = "v_prediction"
     image_loss_weight: float | int = 1.0
+    text_loss_weight: float | int = 1.0
     boi_token_id: int = 4
     image_token_id: int = 5
     eoi_token_id: int = 6
     tie_word_embeddings: bool = False
+    image_expert: str | None = None
+    freeze_text_model: bool = False
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        token = _REBUILDING_FROM_DICT.set(True)
+        try:
+            return super().from_dict(config_dict, **kwargs)
+        finally:
+            _REBUILDING_FROM_DICT.reset(token)
+
+    @classmethod
+    def from_json_file(cls, json_file):
+        token = _REBUILDING_FROM_DICT.set(True)
+        try:
+            return super().from_json_file(json_file)
+        finally:
+            _REBUILDING_FROM_DICT.reset(token)
 
     def __post_init__(self, **kwargs):
+        unknown = sorted(set(kwargs) - PASS_THROUGH_KWARGS - GENERATION_PARAMETERS)
+        if unknown and not _REBUILDING_FROM_DICT.get():  # a typo in a direct construction is refused by name
+            fields = sorted(f.name for f in dataclasses.fields(self) if not f.name.startswith("_"))
+            raise ValueError(f"MMARConfig got unknown argument(s) {unknown}; its fields are: {', '.join(fields)}")
         super().__post_init__(**kwargs)  # text_config becomes a PreTrainedConfig here
-        for name in ("vae_scaling_factor", "vae_shift_factor", "image_loss_weight"):  # 1 -> 1.0 in config.json
+        # 1 -> 1.0 in config.json
+        for name in ("vae_scaling_factor", "vae_shift_factor", "image_loss_weight", "text_loss_weight"):
             setattr(self, name, float(getattr(self, name)))
         # Checked here too (not only by @strict's validators) so that users get a plain ValueError.
         self.validate_mmar()
@@ -122,6 +173,7 @@ class MMARConfig(PreTrainedConfig):
         self._check_image_geometry()
         self._check_diffusion()
         self._check_image_token_ids()
+        self._check_image_expert()
 
     # --- derived geometry (one source of truth, also used by the processor builders) ---
     @property
@@ -225,8 +277,9 @@ class MMARConfig(PreTrainedConfig):
             )
         if not self.vae_scaling_factor > 0:
             raise ValueError(f"MMARConfig.vae_scaling_factor must be > 0, got {self.vae_scaling_factor}")
-        if not self.image_loss_weight >= 0:
-            raise ValueError(f"MMARConfig.image_loss_weight must be >= 0, got {self.image_loss_weight}")
+        for name in ("image_loss_weight", "text_loss_weight"):
+            if not 0 <= getattr(self, name) < float("inf"):
+                raise ValueError(f"MMARConfig.{name} must be a finite number >= 0, got {getattr(self, name)}")
 
     def _check_image_token_ids(self):
         ids = {"boi_token_id": self.boi_token_id, "image_token_id": self.image_token_id,
@@ -245,5 +298,9 @@ class MMARConfig(PreTrainedConfig):
                 if value in text_ids:
                     raise ValueError(f"MMARConfig.{name}={value} collides with text_config.{text_name}")
 
+    def _check_image_expert(self):
+        if self.image_expert not in IMAGE_EXPERTS:
+            raise ValueError(f"MMARConfig.image_expert must be one of {IMAGE_EXPERTS}, got {self.image_expert!r}")
 
-__all__ = ["MMARConfig"]
+
+__all__ = ["IMAGE_EXPERTS", "MMARConfig"]

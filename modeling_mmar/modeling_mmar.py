@@ -1,6 +1,5 @@
 """MMAR: one decoder-only LLM over text and continuous image tokens, with a per-token MLP diffusion head."""
 
-import os
 from typing import TYPE_CHECKING
 
 import torch
@@ -17,17 +16,12 @@ from .configuration_mmar import MMARConfig
 from .diffusion_head_mmar import MMARDiffusionHead, per_image_diffusion_draws
 from .embedder_mmar import MMARImageEmbedder
 from .generation_mmar import MMARGenerationMixin
+from .image_experts_mmar import IMAGE_POSITIONS_KWARG, add_image_experts, freeze_text_model_of
 from .image_features_mmar import (count_image_spans, encode_image_features, image_features_from_encoder_outputs,
                                   image_positions_in, span_block_ids)
-from .input_checks_mmar import (
-    check_generator,
-    check_labels,
-    check_sequence,
-    embedding_rows,
-    resolve_pretrained_path,
-    shareable_permissions,
-)
+from .input_checks_mmar import check_generator, check_labels, check_sequence, embedding_rows
 from .outputs_mmar import MMARCausalLMOutputWithPast, MMARImageFeaturesOutput, MMARModelOutputWithPast  # noqa: F401
+from .save_load_mmar import REMOTE_CODE_AUTO_MAP, MMARSaveLoadMixin
 
 if TYPE_CHECKING:  # never run: diffusers copies only the modules a remote-code file names itself
     from .sampling_mmar import generate_images  # noqa: F401
@@ -45,15 +39,7 @@ except ImportError:  # pragma: no cover
     AutoencoderKL = None
 
 
-# Remote-code auto_map entries that `save_pretrained` adds beside the ones transformers writes itself.
-REMOTE_CODE_AUTO_MAP = {
-    "AutoModel": "modeling_mmar.MMARModel",
-    "AutoModelForImageTextToText": "modeling_mmar.MMARForConditionalGeneration",
-    "AutoModelForCausalLM": "modeling_mmar.MMARForConditionalGeneration",
-}
-
-
-class MMARPreTrainedModel(PreTrainedModel):
+class MMARPreTrainedModel(MMARSaveLoadMixin, PreTrainedModel):
     config: MMARConfig
     base_model_prefix = "model"
     input_modalities = ("image", "text")
@@ -73,29 +59,6 @@ class MMARPreTrainedModel(PreTrainedModel):
         super().__init__(config, *args, **kwargs)
         if config.vae_config is None:  # no module of that name: nothing to keep in fp32
             self._keep_in_fp32_modules_strict = []
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        resolved = resolve_pretrained_path(pretrained_model_name_or_path, "model")
-        if isinstance(pretrained_model_name_or_path, str) and resolved != pretrained_model_name_or_path:
-            # diffusers loaded this class from a pipeline's code-only model/ folder under trust_remote_code=True
-            kwargs.setdefault("trust_remote_code", True)
-        pretrained_model_name_or_path = resolved
-        # Loading replaces every parameter by a fresh `nn.Parameter(requires_grad=True)`: re-freeze the VAE so that
-        # optimizers, PEFT and parameter counts see it as the frozen tokenizer it is.
-        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True
-        for module in model.modules():
-            if isinstance(module, MMARModel):
-                module.freeze_image_tokenizer()
-        return loaded
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        result = super().save_pretrained(save_directory, *args, **kwargs)
-        for name in os.listdir(save_directory):  # the weights come from temporary files (0600): readable as saved
-            if name.endswith(".safetensors"):
-                shareable_permissions(os.path.join(save_directory, name))
-        return result
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -118,6 +81,8 @@ class MMARModel(MMARPreTrainedModel):
     def __init__(self, config: MMARConfig):
         super().__init__(config)
         self.language_model = AutoModel.from_config(config.text_config)
+        if config.image_expert is not None:  # own weights for image positions, see image_experts_mmar.py
+            add_image_experts(self.language_model, config.image_expert)
         if config.vae_config is not None:
             if AutoencoderKL is None:
                 raise ImportError("vae_config is set but diffusers is not installed: pip install diffusers")
@@ -138,6 +103,7 @@ class MMARModel(MMARPreTrainedModel):
         self._owner_computes_image_loss = False
         self._inside_owner_forward = False
         self.post_init()
+        freeze_text_model_of(self)
 
     def _check_image_loss_not_bypassed(self, image_mask: torch.Tensor) -> None:
         if (self._owner_computes_image_loss and not self._inside_owner_forward and self.training
@@ -290,13 +256,17 @@ class MMARModel(MMARPreTrainedModel):
                                 "text tokens (pass pixel_values or image_tokens to fill the image spans)")
 
         return self.forward_embedded(inputs_embeds, attention_mask, position_ids, cache, block_ids, use_cache,
-                                     image_tokens=image_tokens, **kwargs)
+                                     image_tokens=image_tokens, image_positions=image_positions if given else None,
+                                     **kwargs)
 
     def forward_embedded(self, inputs_embeds, attention_mask=None, position_ids=None, cache=None, block_ids=None,
-                         use_cache=None, image_tokens=None, **kwargs) -> MMARModelOutputWithPast:
-        """The LLM over embedded inputs, the image spans of `block_ids` (`image_block_ids`) bidirectional. Checks
-        nothing: `forward` checks what users pass, the image sampler calls this at every masked-AR step with inputs
-        it checked once (and a dict of masks it built once, which is used as given)."""
+                         use_cache=None, image_tokens=None, image_positions=None, **kwargs) -> MMARModelOutputWithPast:
+        """The LLM over embedded inputs, the image spans of `block_ids` (`image_block_ids`) bidirectional, the
+        `image_positions` (bool [batch, seq]) run by the image experts if any. Checks nothing: `forward` checks what
+        users pass, the image sampler calls this at every masked-AR step with inputs it checked once (and a dict of
+        masks it built once, which is used as given)."""
+        if image_positions is not None and self.config.image_expert is not None:
+            kwargs[IMAGE_POSITIONS_KWARG] = image_positions
         if block_ids is not None and not isinstance(attention_mask, dict):
             attention_mask = self._image_span_masks(inputs_embeds, attention_mask, cache, position_ids, block_ids)
         outputs = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
@@ -316,6 +286,7 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
     # The backbone's plan shards embed_tokens over the vocabulary; the head (tied to it or not) is sharded alike.
     _tp_plan = {"lm_head": "colwise_gather_output"}
+    remote_code_auto_map = REMOTE_CODE_AUTO_MAP  # save_pretrained names every Auto class users expect
 
     def __init__(self, config: MMARConfig):
         super().__init__(config)
@@ -328,22 +299,24 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
         )
         self._noise_scheduler = None
         self.post_init()
+        freeze_text_model_of(self)
 
     @classmethod
     def from_text_model(cls, text_model_or_path, vae=None, tokenizer=None, image_size=None, patch_size=None,
-                        num_channels=None, dtype=None, **config_kwargs):
+                        num_channels=None, dtype=None, gguf_file=None, **config_kwargs):
         r"""
         A new MMAR model around a pretrained causal LM, whose weights are kept exactly.
 
         Args:
-            text_model_or_path: an `AutoModelForCausalLM` model, or its local path / Hub id. The embeddings grow by
-                the image tokens `<boi>`, `<img>`, `<eoi>` its tokenizer lacks.
+            text_model_or_path: an `AutoModelForCausalLM` model, its local path / Hub id, a `.gguf` file, or an
+                embedded name ("smollm2"). The embeddings grow by the image tokens its tokenizer lacks.
             vae: `None` (pixel-patch tokens), a diffusers `AutoencoderKL` or its path (a pipeline folder's `vae/`
                 works too); its weights and scaling/shift factors are kept.
             tokenizer: the LLM's tokenizer or its path (default: the text model's path), left unchanged.
             image_size, patch_size, num_channels: image geometry (default: the VAE's, else MMARConfig's).
             dtype: dtype of the new model (default: the text model's; the VAE stays float32).
-            **config_kwargs: any other `MMARConfig` field (head_width, embedder_depth, ...).
+            gguf_file: a GGUF checkpoint inside the folder `text_model_or_path` (needs `pip install gguf`).
+            **config_kwargs: any other `MMARConfig` field (head_width, image_expert, freeze_text_model, ...).
 
         ```python
         model = MMARForConditionalGeneration.from_text_model("Qwen/Qwen2-0.5B", vae="path/to/kl16", image_size=256)
@@ -353,15 +326,8 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
         from .convert_text_model_to_mmar import from_text_model
 
         return from_text_model(cls, text_model_or_path, vae=vae, tokenizer=tokenizer, image_size=image_size,
-                               patch_size=patch_size, num_channels=num_channels, dtype=dtype, **config_kwargs)
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        # transformers writes auto_map entries only for AutoConfig and the class's own auto class; users of the
-        # remote code also expect AutoModel and AutoModelForCausalLM to resolve, whoever saved the folder. (A bare
-        # MMARModel checkpoint has no heads: it keeps only what transformers writes.)
-        if self._auto_class is not None:
-            self.config.auto_map = {**REMOTE_CODE_AUTO_MAP, **(getattr(self.config, "auto_map", None) or {})}
-        return super().save_pretrained(save_directory, *args, **kwargs)
+                               patch_size=patch_size, num_channels=num_channels, dtype=dtype, gguf_file=gguf_file,
+                               **config_kwargs)
 
     def get_output_embeddings(self):
         return self.lm_head
@@ -480,7 +446,7 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
 
         loss = None
         if text_loss is not None:
-            loss = text_loss
+            loss = self.config.text_loss_weight * text_loss
         if image_loss is not None:
             weighted = self.config.image_loss_weight * image_loss
             loss = weighted if loss is None else loss + weighted

@@ -52,7 +52,7 @@ class MMARCausalLMOutputWithPast(CausalLMOutputWithPast):
     r"""
     Args:
         loss (`torch.FloatTensor` of shape `(1,)`, *optional*, returned when `labels` or `image_mask` is given):
-            `text_loss + image_loss_weight * image_loss` (whichever are present).
+            `text_loss_weight * text_loss + image_loss_weight * image_loss` (whichever are present).
         logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`):
             Scores of the language-modeling head.
         cache (`Cache`, *optional*, returned when `use_cache=True`):

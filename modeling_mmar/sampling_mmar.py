@@ -228,6 +228,7 @@ class ImageSpanRunner:
             self.prefix_embeds = prefix_embeds
         probe = torch.zeros(rows, self.position_ids.shape[1], prefix_embeds.shape[-1], dtype=self.embed_dtype,
                             device=device)
+        self.image_positions = block_ids[:, -self.position_ids.shape[1]:] >= 0  # what the image experts run on
         # The same masks serve every step: the prompt's cache is cropped back to the same length each time.
         self.masks = self.backbone._image_span_masks(probe, full_mask, self.cache, self.position_ids, block_ids)
 
@@ -237,12 +238,12 @@ class ImageSpanRunner:
         if self.cache is None:
             out = self.backbone.forward_embedded(torch.cat([self.prefix_embeds, image_embeds], dim=1),
                                                  attention_mask=self.masks, position_ids=self.position_ids,
-                                                 use_cache=False)
+                                                 use_cache=False, image_positions=self.image_positions)
             return out.last_hidden_state[:, -self.num_tokens:]
         croppable = self.cache.is_croppable
         cache = self.cache if croppable else copy.deepcopy(self.cache)
         out = self.backbone.forward_embedded(image_embeds, attention_mask=self.masks, position_ids=self.position_ids,
-                                             cache=cache, use_cache=True)
+                                             cache=cache, use_cache=True, image_positions=self.image_positions)
         if croppable:  # back to the prompt prefix: the span's keys/values change at every step
             self.cache.crop(-self.num_tokens)
         return out.last_hidden_state

@@ -24,6 +24,7 @@ from transformers.image_utils import ImageInput
 from transformers.processing_utils import MultiModalData
 from transformers.tokenization_utils_base import TextInput
 
+from .chat_template_mmar import image_chat_template
 from .image_processing_mmar import MMARImageProcessor
 from .tokenization_mmar import LEGACY_IMAGE_PLACEHOLDER, add_image_tokens
 
@@ -164,7 +165,8 @@ class MMARProcessor(ProcessorMixin):
         return add_image_tokens(tokenizer)
 
     @classmethod
-    def from_text_model(cls, tokenizer, config, chat_template: str | None = None, **image_processor_kwargs):
+    def from_text_model(cls, tokenizer, config, chat_template: str | None = None, gguf_file: str | None = None,
+                        **image_processor_kwargs):
         """The processor of a model built by `MMARForConditionalGeneration.from_text_model(...)`: the pretrained
         LLM's tokenizer with a pad token (eos, when it has none) and the image tokens, as that builder laid them out.
 
@@ -172,6 +174,9 @@ class MMARProcessor(ProcessorMixin):
             tokenizer: the LLM's tokenizer, or its local path / Hub id (the text model's path works). A tokenizer
                 object is copied: the caller's keeps its vocabulary.
             config: the new model's `MMARConfig` (image geometry, tokens per image, the image token ids).
+            chat_template: default: the LLM's own chat template (reading image items as the image token), or MMAR's
+                plain `DEFAULT_CHAT_TEMPLATE` when the tokenizer has none.
+            gguf_file: the tokenizer of a GGUF checkpoint in the folder `tokenizer` (a `.gguf` path works too).
 
         ```python
         model = MMARForConditionalGeneration.from_text_model("HuggingFaceTB/SmolLM2-135M-Instruct", image_size=28)
@@ -179,7 +184,10 @@ class MMARProcessor(ProcessorMixin):
         ```
         """
         if isinstance(tokenizer, (str, os.PathLike)):
-            tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer))
+            path = os.fspath(tokenizer)
+            if path.endswith(".gguf") and gguf_file is None:
+                path, gguf_file = os.path.split(os.path.abspath(path))
+            tokenizer = AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
         elif callable(getattr(tokenizer, "convert_tokens_to_ids", None)):
             tokenizer = copy.deepcopy(tokenizer)
         else:
@@ -189,6 +197,8 @@ class MMARProcessor(ProcessorMixin):
                 raise ValueError("The tokenizer has neither a pad nor an eos token; set tokenizer.pad_token first")
             tokenizer.pad_token = tokenizer.eos_token
         add_image_tokens(tokenizer)
+        if chat_template is None and isinstance(getattr(tokenizer, "chat_template", None), str):  # chat LLMs keep it
+            chat_template = image_chat_template(tokenizer.chat_template)
         return cls.from_model_config(config, tokenizer, chat_template=chat_template, **image_processor_kwargs)
 
     @classmethod

@@ -3,6 +3,8 @@ locally: stand-ins for Hub backbones in tests (nothing is downloaded)."""
 
 from __future__ import annotations
 
+import json
+
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
@@ -61,3 +63,61 @@ def save_backbone(style: str, folder) -> str:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+def save_gguf_backbone(folder, file_name: str = "tiny-llama.F32.gguf"):
+    """Save a tiny Llama-style causal LM with its byte-level BPE tokenizer and a chat template as one float32 GGUF
+    file (llama.cpp's tensor names and metadata keys, written with the `gguf` package); return (the GGUF file's
+    path, the model it holds, its tokenizer). A stand-in for SmolLM2's GGUF that CI can build in a second."""
+    import gguf
+    import numpy as np
+
+    tokenizer = build_bpe_tokenizer("llama")
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    model = build_text_model("llama", tokenizer)
+    config = model.config
+    path = f"{folder}/{file_name}"
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_name("tiny-llama")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_rope_dimension_count(config.hidden_size // config.num_attention_heads)
+    writer.add_rope_freq_base(float(config.rope_parameters["rope_theta"]))
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_tokenizer_model("gpt2")
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    writer.add_token_list([token for token, _ in vocab])
+    special = set(tokenizer.all_special_ids)
+    writer.add_token_types([gguf.TokenType.CONTROL if index in special else gguf.TokenType.NORMAL
+                            for _, index in vocab])
+    backend = json.loads(tokenizer.backend_tokenizer.to_str())
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in backend["model"]["merges"]])
+    writer.add_bos_token_id(tokenizer.bos_token_id)
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_chat_template(TINY_CHAT_TEMPLATE)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    heads = {"q_proj": config.num_attention_heads, "k_proj": config.num_key_value_heads}
+    for key, tensor in model.state_dict().items():
+        array = tensor.detach().float().numpy()
+        projection = key.split(".")[-2]
+        if projection in heads:  # llama.cpp stores q/k rows in its own RoPE order; transformers undoes it on load
+            n = heads[projection]
+            array = array.reshape(n, 2, array.shape[0] // n // 2, *array.shape[1:]).swapaxes(1, 2).reshape(array.shape)
+        name = names.get_name(key.removesuffix(".weight"), try_suffixes=()) + ".weight"
+        writer.add_tensor(name, np.ascontiguousarray(array, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path, model, tokenizer
+
+
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<s>' + message['role'] + '\\n' + message['content'] + '</s>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<s>assistant\\n' }}{% endif %}"
+)

@@ -3,10 +3,20 @@
 Each row becomes ONE of two samples (sequence conventions fixed with the processor and the sampler):
 
 - understanding (image -> text): `<bos><img>{question} {answer}<eos>`; the image is fully visible and only
-  ` {answer}<eos>` carries labels.
+  ` {answer}<eos>` carries labels. With `chat_template=True` the row is a chat conversation in the processor's
+  chat template instead (a user turn with the image and the question, the assistant's answer), and the assistant
+  turn carries the labels: what a pretrained chat LLM (`MMARProcessor.from_text_model`) reads. With
+  `chat_replay_ratio` > 0 that share of understanding rows asks one of the `set_chat_replay` questions (general
+  questions with the base LLM's own answers, `training.chat_replay`) about the row's image instead.
 - generation (text -> image): `<bos>{caption}<img><eos>`; a random subset of the image's tokens is masked
   (True in `image_mask`) and gets the diffusion loss; no text labels. With probability `caption_dropout` the
   caption is the empty prompt, which trains the unconditional branch of classifier-free guidance.
+
+Task balance: `understanding_ratio` is the share of understanding rows. `task_mix="row"` draws each row's task
+independently; `task_mix="batch"` makes every batch hold exactly round(ratio * batch size) understanding rows (the
+rows with the smallest task draws), so that both losses are present in every step. The text loss comes from the
+understanding rows only and the image loss from the generation rows only: their weights (`MMARConfig`
+`text_loss_weight`, `image_loss_weight`) are the per-task loss weights, and the trainer logs them separately.
 
 Mask ratio (MAR / MMAR): r ~ normal(mean, std) truncated to [mask_ratio_min, 1]; the first ceil(L * r) tokens of a
 random permutation are masked. MMAR trains in two stages: ratios in [mask_ratio_min, 1] (0.7) first, then from
@@ -31,6 +41,7 @@ from .data import decode_image
 from .image_token_cache import IMAGE_TOKENS_COLUMN
 
 IGNORE_INDEX = -100
+TASK_MIXES = ("row", "batch")
 
 
 @dataclass
@@ -56,14 +67,24 @@ class MMARDataCollator:
         seed: int = 0,
         stage2_start_step: int | None = None,
         stage2_mask_ratio_min: float = 0.0,
+        task_mix: str = "row",
+        chat_template: bool = False,
+        chat_replay_ratio: float = 0.0,
     ):
-        for name, value in (("understanding_ratio", understanding_ratio), ("caption_dropout", caption_dropout)):
+        for name, value in (("understanding_ratio", understanding_ratio), ("caption_dropout", caption_dropout),
+                            ("chat_replay_ratio", chat_replay_ratio)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"MMARDataCollator {name} must be in [0, 1], got {value}")
         if mask_ratio_std <= 0:
             raise ValueError(f"MMARDataCollator mask_ratio_std must be > 0, got {mask_ratio_std}")
         if stage2_start_step is not None and stage2_start_step < 0:
             raise ValueError(f"MMARDataCollator stage2_start_step must be >= 0 or None, got {stage2_start_step}")
+        if task_mix not in TASK_MIXES:
+            raise ValueError(f"MMARDataCollator task_mix must be one of {TASK_MIXES}, got {task_mix!r}")
+        if chat_template and not getattr(processor, "chat_template", None):
+            raise ValueError("MMARDataCollator chat_template=True needs a processor with a chat template")
+        if chat_replay_ratio and not chat_template:
+            raise ValueError("MMARDataCollator chat_replay_ratio > 0 replays chats: it needs chat_template=True")
         if tokens_per_image < 1:
             raise ValueError(f"MMARDataCollator tokens_per_image must be >= 1, got {tokens_per_image}")
         processor_tokens = getattr(processor, "num_image_tokens", tokens_per_image)
@@ -83,6 +104,11 @@ class MMARDataCollator:
         self.stage2_mask_ratio_min = stage2_mask_ratio_min
         self.mask_ratio_min_at(0)  # validates stage2_mask_ratio_min
         self.caption_dropout = caption_dropout
+        self.task_mix = task_mix
+        self.chat_template = chat_template
+        self.chat_replay_ratio = chat_replay_ratio
+        self.chat_replay: list[tuple[str, str]] = []
+        self._chat_texts: dict[tuple[str, str], tuple[str, str]] = {}
         self.seed = seed
         self.epoch = 0
         self._fallback_rngs: dict[int, np.random.Generator] = {}
@@ -153,21 +179,64 @@ class MMARDataCollator:
         mask[order[: math.ceil(length * ratio)]] = True
         return mask
 
-    def plan(self, example: dict) -> SamplePlan:
-        """Decide task, text and image mask for one row (the fixed order of random draws keeps it reproducible)."""
-        rng = self._row_rng(example)
-        understanding = bool(rng.random() < self.understanding_ratio)
+    def plan(self, example: dict, understanding: bool | None = None, rng: np.random.Generator | None = None
+             ) -> SamplePlan:
+        """Decide task, text and image mask for one row (the fixed order of random draws keeps it reproducible).
+        `understanding` and `rng` are given by `plan_batch` when the task mix is decided per batch."""
+        if rng is None:
+            rng = self._row_rng(example)
+            task_draw = rng.random()
+        if understanding is None:
+            understanding = bool(task_draw < self.understanding_ratio)
         eos = self.eos_token
         if understanding:
             question, answer = example.get("question") or "", example.get("answer")
             if answer is None:
                 answer = example["caption"]
+            if self.chat_replay_ratio and rng.random() < self.chat_replay_ratio:
+                if not self.chat_replay:
+                    raise ValueError("chat_replay_ratio > 0 but no replay chats were given: call set_chat_replay")
+                question, answer = self.chat_replay[int(rng.integers(len(self.chat_replay)))]
+            if self.chat_template:
+                text, suffix = self._chat_text(question, answer)
+                return SamplePlan(True, text, suffix, np.zeros(self.tokens_per_image, dtype=bool))
             suffix = f" {answer}{eos}" if question else f"{answer}{eos}"
             return SamplePlan(True, f"{self.image_token}{question}{suffix}", suffix,
                               np.zeros(self.tokens_per_image, dtype=bool))
         drop_caption = bool(rng.random() < self.caption_dropout)
         caption = "" if drop_caption else example["caption"]
         return SamplePlan(False, f"{caption}{self.image_token}{eos}", None, self.sample_image_mask(rng))
+
+    def plan_batch(self, examples: list[dict]) -> list[SamplePlan]:
+        """`plan` for every row; with `task_mix="batch"` exactly round(understanding_ratio * rows) rows, those with
+        the smallest task draws, are understanding rows."""
+        if self.task_mix == "row":
+            return [self.plan(example) for example in examples]
+        rngs = [self._row_rng(example) for example in examples]
+        draws = np.array([rng.random() for rng in rngs])
+        count = int(round(self.understanding_ratio * len(examples)))
+        understanding = np.zeros(len(examples), dtype=bool)
+        understanding[np.argsort(draws, kind="stable")[:count]] = True
+        return [self.plan(example, bool(task), rng) for example, task, rng in zip(examples, understanding, rngs)]
+
+    def set_chat_replay(self, pairs: list[tuple[str, str]]) -> None:
+        """The (question, answer) chats that `chat_replay_ratio` of the understanding rows ask about their image."""
+        self.chat_replay = [(str(question), str(answer)) for question, answer in pairs]
+
+    def _chat_text(self, question: str, answer: str) -> tuple[str, str]:
+        """(whole conversation, the assistant turn that carries the labels) in the processor's chat template."""
+        key = (question, answer)
+        if key not in self._chat_texts:
+            user = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+            assistant = [{"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+            prompt = self.processor.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+            whole = self.processor.apply_chat_template(user + assistant, tokenize=False)
+            if not whole.startswith(prompt) or len(whole) == len(prompt):
+                raise ValueError("The processor's chat template does not render a conversation as its prompt "
+                                 "(add_generation_prompt=True) followed by the assistant's turn: chat_template=True "
+                                 "cannot find the answer to label")
+            self._chat_texts[key] = (whole, whole[len(prompt):])
+        return self._chat_texts[key]
 
     # ------------------------------------------------------------------ batching
     @staticmethod
@@ -187,7 +256,7 @@ class MMARDataCollator:
         if not examples:
             raise ValueError("MMARDataCollator got an empty batch")
         self._check_rows(examples[0])
-        plans = [self.plan(example) for example in examples]
+        plans = self.plan_batch(examples)
         images = [
             decode_image(example["image"], where=f"row sample_index={example.get('sample_index')}")
             for example in examples
@@ -225,4 +294,4 @@ class MMARDataCollator:
         }
 
 
-__all__ = ["IGNORE_INDEX", "MMARDataCollator", "SamplePlan"]
+__all__ = ["IGNORE_INDEX", "MMARDataCollator", "SamplePlan", "TASK_MIXES"]

@@ -66,12 +66,18 @@ def load_metric(name: str):
 
 # ------------------------------------------------------------------------------------------------ evaluation
 @torch.no_grad()
-def caption_heldout(model, processor, heldout, batch_size: int, max_new_tokens: int) -> list[str]:
-    """Greedy answers to "What digit is this?" for every held-out image."""
+def caption_heldout(model, processor, heldout, batch_size: int, max_new_tokens: int, chat: bool = False) -> list[str]:
+    """Greedy answers to "What digit is this?" for every held-out image (`chat`: asked in the processor's chat
+    template, as the collator's `chat_template=True` trains it)."""
+    prompt = f"{processor.image_token}{DIGITS_QUESTION}"
+    if chat:
+        prompt = processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": DIGITS_QUESTION}]}],
+            tokenize=False, add_generation_prompt=True)
     answers = []
     for start in tqdm(range(0, len(heldout), batch_size), desc="captioning held-out digits"):
         rows = heldout[start : start + batch_size]
-        inputs = processor(text=[f"{processor.image_token}{DIGITS_QUESTION}"] * len(rows["image"]),
+        inputs = processor(text=[prompt] * len(rows["image"]),
                            images=rows["image"], padding=True, padding_side="left", return_tensors="pt")
         inputs.pop("token_type_ids", None)
         output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
@@ -105,11 +111,13 @@ def _gray(images) -> np.ndarray:
     return array.mean(axis=1) if array.ndim == 4 else array
 
 
-def evaluate_run(model, processor, heldout, evaluation: dict, seed: int, dataset: str = "digits") -> tuple[dict, dict]:
+def evaluate_run(model, processor, heldout, evaluation: dict, seed: int, dataset: str = "digits",
+                 chat: bool = False) -> tuple[dict, dict]:
     """(metrics, artefacts) of a trained model on the held-out digits of `dataset` ("digits" or "mnist"), read by
-    that dataset's judge."""
+    that dataset's judge (`chat`: questions in the chat template)."""
     model.eval()
-    answers = caption_heldout(model, processor, heldout, evaluation["batch_size"], evaluation["max_new_tokens"])
+    answers = caption_heldout(model, processor, heldout, evaluation["batch_size"], evaluation["max_new_tokens"],
+                              chat)
     labels = list(heldout["label"])
     caption = load_metric("caption_accuracy").compute(predictions=answers, references=labels)
 
@@ -238,7 +246,8 @@ def run_demo(output_dir: str = "./mmar-demo", config_path: str | Path = DEFAULT_
         save_trained(run, partial / "model")
         shutil.rmtree(partial / "trainer", ignore_errors=True)
 
-        metrics, artefacts = evaluate_run(run.model, run.processor, run.eval_dataset, evaluation, seed, dataset)
+        chat = bool((config.get("collator") or {}).get("chat_template"))
+        metrics, artefacts = evaluate_run(run.model, run.processor, run.eval_dataset, evaluation, seed, dataset, chat)
         if vae_metrics is not None:
             metrics["vae"] = vae_metrics
         metrics.update(

@@ -184,8 +184,9 @@ def loss_part_counts(inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 def global_batch_loss(outputs, inputs: dict, config, num_processes: int, reduce_sum) -> tuple[torch.Tensor, dict]:
     """This process's share of the global batch's loss, times `num_processes` (the engines average gradients over
-    processes): text_loss * n_text / N_text + image_loss_weight * image_loss * n_image / N_image, with n this
-    process's counts and N their sums over processes (`reduce_sum`). With one process it is the model's loss.
+    processes): text_loss_weight * text_loss * n_text / N_text + image_loss_weight * image_loss * n_image / N_image,
+    with n this process's counts and N their sums over processes (`reduce_sum`). With one process it is the model's
+    loss.
 
     Also returns each part's share of the global mean, {name: (share, count_share)}: summed over processes they give
     the part's mean over the global batch and 1 (0 when no process had that part).
@@ -211,7 +212,8 @@ def global_batch_loss(outputs, inputs: dict, config, num_processes: int, reduce_
 
 
 def check_loss_composition(outputs, config) -> None:
-    """The model's loss must be text_loss + image_loss_weight * image_loss (what `global_batch_loss` rebuilds)."""
+    """The model's loss must be text_loss_weight * text_loss + image_loss_weight * image_loss (what
+    `global_batch_loss` rebuilds)."""
     text, image = outputs.get("text_loss"), outputs.get("image_loss")
     if text is None and image is None:
         return
@@ -219,7 +221,7 @@ def check_loss_composition(outputs, config) -> None:
                   for name, value in (("text_loss", text), ("image_loss", image)) if value is not None)
     loss = float(outputs["loss"].detach())
     if abs(rebuilt - loss) > 1e-4 * max(1.0, abs(rebuilt)):
-        raise RuntimeError(f"The model's loss {loss:.6g} is not text_loss + image_loss_weight * "
+        raise RuntimeError(f"The model's loss {loss:.6g} is not text_loss_weight * text_loss + image_loss_weight * "
                            f"image_loss = {rebuilt:.6g}: training.distributed.global_batch_loss must learn the "
                            "model's loss weighting")
 

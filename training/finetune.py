@@ -296,7 +296,8 @@ def finetune(config: dict) -> dict:
 
     base_vocab_size = model.config.text_config.vocab_size
     new_token_ids = add_words(processor, model, style.corpus())
-    peft_model = get_peft_model(model, lora_config(**(config.get("lora") or {}), new_token_ids=new_token_ids))
+    peft_model = get_peft_model(model, lora_config(**(config.get("lora") or {}), new_token_ids=new_token_ids,
+                                                   model_config=model.config))
     trainable, total, share = trainable_share(peft_model)
     print(f"new tokens: {len(new_token_ids)}; trainable parameters: {trainable:,} of {total:,} ({share:.2%})")
 

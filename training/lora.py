@@ -22,6 +22,24 @@ import torch
 
 # Full module names of the backbone's projections inside MMAR (peft fullmatches a string target against them).
 BACKBONE_PROJECTIONS = r"model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+
+
+def backbone_projections(image_expert: str | None = None, freeze_text_model: bool = False) -> str:
+    """The LoRA target regex for a backbone with image experts (`MMARConfig.image_expert`): the routed modules hold
+    the LLM's projections under `.text` and their image copies under `.image` (`mlp.text.gate_proj`,
+    `self_attn.q_proj.image`). With `freeze_text_model` only the image copies get adapters, so that text keeps the
+    original LLM's outputs."""
+    if image_expert is None:
+        return BACKBONE_PROJECTIONS
+    branches = "image" if freeze_text_model else "text|image"
+    mlp = rf"mlp\.({branches})\.(gate|up|down)_proj"
+    attention = (rf"self_attn\.(q|k|v|o)_proj\.({branches})" if image_expert == "attention"
+                 else r"self_attn\.(q|k|v|o)_proj")
+    if freeze_text_model and image_expert != "attention":
+        return rf"model\.language_model\.layers\.\d+\.{mlp}"  # the text attention is frozen
+    return rf"model\.language_model\.layers\.\d+\.({attention}|{mlp})"
+
+
 # MMAR's own parts, trained in full: the diffusion head and the image embedder (its mask embedding included).
 MODULES_TO_SAVE = ("diffusion_head", "model.image_embedder")
 ADAPTER_INFO = "mmar_adapter.json"
@@ -30,11 +48,16 @@ FINGERPRINT_ELEMENTS = 4096
 
 # ------------------------------------------------------------------------------------------------ recipe
 def lora_config(r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.0,
-                target_modules: str | list[str] = BACKBONE_PROJECTIONS,
+                target_modules: str | list[str] | None = None,
                 modules_to_save: list[str] | tuple[str, ...] = MODULES_TO_SAVE,
-                new_token_ids: list[int] | None = None, **kwargs):
-    """peft `LoraConfig` for MMAR (`task_type` CAUSAL_LM); `new_token_ids` rows of embed_tokens / lm_head train too."""
+                new_token_ids: list[int] | None = None, model_config=None, **kwargs):
+    """peft `LoraConfig` for MMAR (`task_type` CAUSAL_LM); `new_token_ids` rows of embed_tokens / lm_head train too.
+    `target_modules` defaults to `backbone_projections(...)` of `model_config` (an MMARConfig: its image experts)."""
     from peft import LoraConfig
+
+    if target_modules is None:
+        target_modules = backbone_projections(getattr(model_config, "image_expert", None),
+                                              bool(getattr(model_config, "freeze_text_model", False)))
 
     trainable_tokens = None
     if new_token_ids:
@@ -242,7 +265,7 @@ def merge_adapter(base_dir, adapter_dir, out_dir) -> Path:
 
 
 __all__ = [
-    "BACKBONE_PROJECTIONS", "MODULES_TO_SAVE", "add_words", "base_fingerprint", "check_base", "check_targets",
-    "load_adapter_model", "lora_config", "merge_adapter", "read_adapter_info", "save_adapter", "trainable_share",
-    "unknown_words",
+    "BACKBONE_PROJECTIONS", "MODULES_TO_SAVE", "add_words", "backbone_projections", "base_fingerprint", "check_base",
+    "check_targets", "load_adapter_model", "lora_config", "merge_adapter", "read_adapter_info", "save_adapter",
+    "trainable_share", "unknown_words",
 ]

@@ -91,7 +91,7 @@ def qlora_model(model_dir, compute_dtype: torch.dtype | None = None, gradient_ch
         raise RuntimeError(f"Modules outside the backbone were quantized: {outside}")
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     keep_4bit_weights_trainable(model)  # evaluation between training steps must not repack the weights
-    return get_peft_model(model, lora_config(**lora_kwargs))
+    return get_peft_model(model, lora_config(**{"model_config": model.config, **lora_kwargs}))
 
 
 def weight_bytes(model, prefix: str = "") -> int:

@@ -2,7 +2,8 @@
 
     seed: 0
     data:          {dataset: digits | <imagefolder dir or datasets name>, image_column, caption_column, ...}
-    model:         MMARConfig fields (text_config: any causal-LM config dict), and vae: a diffusers VAE folder
+    model:         MMARConfig fields (text_config: any causal-LM config dict), and vae: a diffusers VAE folder, or
+                   base_model: a pretrained LLM (folder, .gguf file, or "smollm2") instead of text_config
     collator:      MMARDataCollator options (understanding_ratio, mask_ratio_min, caption_dropout, ...)
     mask_schedule: {stage2_start_step, stage2_mask_ratio_min}
     training:      transformers.TrainingArguments fields
@@ -124,8 +125,10 @@ def _allowed_model_keys() -> set[str]:
     from modeling_mmar import MMARConfig
 
     keys = {f.name for f in dataclasses.fields(MMARConfig)}
-    # `vae`: the path of a trained diffusers AutoencoderKL folder, loaded as the image tokenizer.
-    return keys | set(inspect.signature(MMARConfig.__init__).parameters) - {"self", "kwargs"} | {"vae"}
+    # `vae`: the path of a trained diffusers AutoencoderKL folder, loaded as the image tokenizer; `base_model` (with
+    # `gguf_file`): a pretrained LLM that from_text_model wraps (a folder, a .gguf file or an embedded name).
+    return keys | set(inspect.signature(MMARConfig.__init__).parameters) - {"self", "kwargs"} | {
+        "vae", "base_model", "gguf_file"}
 
 
 def _allowed_collator_keys() -> set[str]:

@@ -239,6 +239,24 @@ def build_model_config(model_config: dict, tokenizer, vae=None):
     )
 
 
+def build_from_text_model(model_section: dict, vae=None):
+    """(model, processor) around the pretrained LLM `model.base_model` (a folder / Hub id, a .gguf file, or an
+    embedded name such as "smollm2"; `model.gguf_file` for a GGUF file inside a folder): its weights, tokenizer and
+    chat template are kept, the other `model` keys are MMARConfig fields (image_expert, freeze_text_model, ...)."""
+    from modeling_mmar import MMARForConditionalGeneration
+    from modeling_mmar.convert_text_model_to_mmar import load_text_tokenizer
+    from processors import MMARProcessor
+
+    kwargs = {key: value for key, value in model_section.items() if key not in ("base_model", "gguf_file", "vae")}
+    if "text_config" in kwargs:
+        raise ValueError("model.base_model and model.text_config exclude each other: the architecture is the base "
+                         "model's")
+    tokenizer = load_text_tokenizer(model_section["base_model"], model_section.get("gguf_file"))
+    model = MMARForConditionalGeneration.from_text_model(model_section["base_model"], gguf_file=model_section.get(
+        "gguf_file"), tokenizer=tokenizer, vae=vae, **kwargs)
+    return model, MMARProcessor.from_text_model(tokenizer, model.config)
+
+
 def build_training_arguments(training_config: dict, output_dir: str | None = None) -> TrainingArguments:
     kwargs = {**TRAINING_DEFAULTS, **(training_config or {})}
     if output_dir is not None:
@@ -272,21 +290,34 @@ def build_run(config: dict, output_dir: str | None = None) -> TrainingRun:
     data_config = config.get("data") or {}
     model_section = config.get("model") or {}
     train_dataset, eval_dataset, corpus = build_datasets(data_config, model_section.get("image_size", 8), seed)
-    tokenizer = build_tokenizer_for(data_config, corpus)
     vae = load_vae(model_section.get("vae"))  # a trained image tokenizer (diffusers folder), or None
-    model_config = build_model_config(model_section, tokenizer, vae)
-    set_seed(seed)  # the model's initial weights depend on the seed only
-    model = MMARForConditionalGeneration(model_config)
-    if vae is not None:
-        model.model.vae.load_state_dict(vae.state_dict())
-    processor = MMARProcessor.from_model_config(model_config, tokenizer=tokenizer)
+    if model_section.get("base_model"):  # a pretrained LLM with its own tokenizer
+        if data_config.get("tokenizer"):
+            raise ValueError("model.base_model brings its own tokenizer: remove data.tokenizer")
+        set_seed(seed)  # the new parts' initial weights depend on the seed only
+        model, processor = build_from_text_model(model_section, vae)
+        tokenizer, model_config = processor.tokenizer, model.config
+    else:
+        tokenizer = build_tokenizer_for(data_config, corpus)
+        model_config = build_model_config(model_section, tokenizer, vae)
+        set_seed(seed)  # the model's initial weights depend on the seed only
+        model = MMARForConditionalGeneration(model_config)
+        if vae is not None:
+            model.model.vae.load_state_dict(vae.state_dict())
+        processor = MMARProcessor.from_model_config(model_config, tokenizer=tokenizer)
 
     collator_config = {**(config.get("collator") or {}), **(config.get("mask_schedule") or {})}
     collator = MMARDataCollator(processor, model_config.tokens_per_image, seed=seed, **collator_config)
+    if collator.chat_replay_ratio:  # general chats answered by the (still untrained) model: the base LLM's answers
+        from .chat_replay import base_chat_answers
+
+        collator.set_chat_replay(base_chat_answers(model, processor.tokenizer))
+        print(f"chat replay: {len(collator.chat_replay)} general questions with the base model's answers")
     stage_callback = MaskStageCallback(collator)
     # Held-out losses: the final stage's masking, one fixed draw per row (epoch 0, a different seed).
     eval_collator = MMARDataCollator(processor, model_config.tokens_per_image, seed=seed + 1, **{
         **collator_config, "mask_ratio_min": collator.mask_ratio_min_at(math.inf), "stage2_start_step": None})
+    eval_collator.set_chat_replay(collator.chat_replay)
 
     args = build_training_arguments(config.get("training"), output_dir)
     if data_config.get("cache_image_tokens"):  # the frozen image tokenizer runs once per image, not every step
