@@ -49,6 +49,22 @@ class MMARGenerationMixin(GenerationMixin):
             progress_bar (`callable(steps) -> iterable`): wraps the steps instead (e.g. `pipe.progress_bar`).
             callback_on_step_end (`callable(step, image_tokens, still_masked)`): called after every step with
                 copies of the tokens [B, L, D] and the bool mask [B, L] (True = not generated yet).
+
+            Training-free accelerations (off by default: `None`; the README's Performance section measures each):
+            final_num_inference_steps (`int`): diffusion step annealing (DiSA, arXiv 2505.20297): the head's
+                diffusion steps fall linearly from `num_inference_steps` at the first masked-AR step to this at the
+                last (later tokens are conditioned on more of the image and are easier to sample).
+            reconstruction_steps (`int` in [1, num_iter - 1]): two-stage sampling (GtR, arXiv 2510.17171): a
+                checkerboard half of the tokens is generated over the first `num_iter - reconstruction_steps` steps
+                (cosine schedule), the other half in the last `reconstruction_steps` steps.
+            token_cache_interval (`int`): LazyMAR's token cache (arXiv 2503.12450): a full LLM step every that many
+                masked-AR steps; in between only the span tokens revealed since their row last ran and the tokens
+                sampled now run through the LLM, on the cached keys/values of the others (needs `use_cache`).
+            guidance_cache_interval (`int`): LazyMAR's condition cache: a full LLM step every that many masked-AR
+                steps; in between only the conditional rows run and the unconditional states are the conditional
+                ones plus the (unconditional - conditional) difference of the last full step.
+            compile_head (`"dynamic"` | `"static"`): run the diffusion head through `torch.compile` (compiled once per
+                model; "static" pads the token rows to the next power of two so that a few fixed shapes compile).
         """
         if generation_mode not in GENERATION_MODES:
             raise ValueError(f"generation_mode must be one of {GENERATION_MODES}, got {generation_mode!r}")

@@ -108,6 +108,11 @@ class MMARPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         use_cache: bool = True,
+        final_num_inference_steps: int | None = None,
+        reconstruction_steps: int | None = None,
+        token_cache_interval: int | None = None,
+        guidance_cache_interval: int | None = None,
+        compile_head: str | None = None,
     ) -> ImagePipelineOutput | tuple:
         r"""
         Args:
@@ -123,11 +128,25 @@ class MMARPipeline(DiffusionPipeline):
             output_type: "pil" (default), "np" (floats in [0, 1]), "pt" or "latent" (continuous image tokens).
             return_dict: return an `ImagePipelineOutput` (else a tuple).
             use_cache: reuse the prompts' KV cache at every masked-AR step.
+            Training-free accelerations, off by default (`None`; `MMARForConditionalGeneration.generate` and the
+            README's Performance section say what each costs in quality):
+            final_num_inference_steps: diffusion step annealing (DiSA): the head's steps fall linearly from
+                `num_inference_steps` at the first masked-AR step to this at the last.
+            reconstruction_steps: two-stage sampling (GtR): a checkerboard half of the tokens over the first
+                `num_iter - reconstruction_steps` steps, the other half in the last `reconstruction_steps`.
+            token_cache_interval: LazyMAR's token cache: a full step every that many steps; in between only changed
+                and sampled tokens run through the LLM.
+            guidance_cache_interval: LazyMAR's condition cache: a full step every that many steps; in between the
+                unconditional rows reuse the last full step's (unconditional - conditional) difference.
+            compile_head: "dynamic" or "static" (row counts padded to powers of two): torch.compile the head.
         """
         return self._generate(prompt, negative_prompt, return_dict, num_images_per_prompt=num_images_per_prompt,
                               num_iter=num_iter, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                               guidance_schedule=guidance_schedule, temperature=temperature, generator=generator,
-                              use_cache=use_cache, output_type=output_type)
+                              use_cache=use_cache, output_type=output_type,
+                              final_num_inference_steps=final_num_inference_steps,
+                              reconstruction_steps=reconstruction_steps, token_cache_interval=token_cache_interval,
+                              guidance_cache_interval=guidance_cache_interval, compile_head=compile_head)
 
     def _generate(self, prompt, negative_prompt, return_dict: bool, **sampling) -> ImagePipelineOutput | tuple:
         check_bool("return_dict", return_dict)

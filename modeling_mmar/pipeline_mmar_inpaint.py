@@ -63,6 +63,11 @@ class MMARInpaintPipeline(MMARPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         use_cache: bool = True,
+        final_num_inference_steps: int | None = None,
+        reconstruction_steps: int | None = None,
+        token_cache_interval: int | None = None,
+        guidance_cache_interval: int | None = None,
+        compile_head: str | None = None,
     ) -> ImagePipelineOutput | tuple:
         r"""
         Args:
@@ -81,7 +86,10 @@ class MMARInpaintPipeline(MMARPipeline):
                               mask_image=mask_image, num_images_per_prompt=num_images_per_prompt, num_iter=num_iter,
                               num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                               guidance_schedule=guidance_schedule, temperature=temperature, generator=generator,
-                              use_cache=use_cache, output_type=output_type)
+                              use_cache=use_cache, output_type=output_type,
+                              final_num_inference_steps=final_num_inference_steps,
+                              reconstruction_steps=reconstruction_steps, token_cache_interval=token_cache_interval,
+                              guidance_cache_interval=guidance_cache_interval, compile_head=compile_head)
 
 
 __all__ = ["MMARInpaintPipeline"]
