@@ -26,7 +26,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from .naive_sampler import naive_generate
 from .sampler_bench import build_scheduler, quality
 from .subjects import digit_prompts, load_subject
-from .timing import ratio, side_by_side
+from .timing import ratio, side_by_side, time_call
 
 FD_TOLERANCE = 0.10  # relative to the naive loop's digit-FD
 ACCURACY_TOLERANCE = 0.02  # absolute (2 points)
@@ -183,7 +183,13 @@ def benchmark_model(subject, settings: dict, repeats: int, configurations) -> di
     prompts = digit_prompts(subject.processor, digits)
     seeds = list(range(len(digits)))
     calls = {c.name: make_call(model, c, prompts, seeds, num_iter, sampling) for c in configurations}
-    timings = side_by_side(calls, repeats=repeats, warmup=1)  # the warm-up round also compiles a compiled head
+    compile_cost = {}
+    for c in configurations:  # the first call of a compiled head compiles it: that call minus a warm one
+        if c.options.get("compile_head"):
+            model.diffusion_head.__dict__.pop("_compiled_forward", None)
+            cold, warm = time_call(calls[c.name]), time_call(calls[c.name])
+            compile_cost[c.name] = {"first_call_s": cold, "warm_call_s": warm, "compile_s": cold - warm}
+    timings = side_by_side(calls, repeats=repeats, warmup=1)
     naive = configurations[0]
     rows = [{"configuration": c.name, "num_iter": num_iter if c.naive else c.num_iter(num_iter),
              "options": {**c.options, **({"scheduler": c.scheduler} if c.scheduler else {}),
@@ -192,7 +198,7 @@ def benchmark_model(subject, settings: dict, repeats: int, configurations) -> di
              "speedup_vs_naive": ratio(timings[naive.name], timings[c.name]).summary(),
              "timing": timings[c.name].summary()} for c in configurations]
     result = {"model": subject.source, "tokens_per_image": model.config.tokens_per_image, "num_iter": num_iter,
-              "images_per_batch": len(digits), "rows": rows, "quality_measured": False}
+              "images_per_batch": len(digits), "rows": rows, "quality_measured": False, "compile_cost": compile_cost}
     seeds_per_digit = settings.get("quality_seeds_per_digit")
     if subject.trained and seeds_per_digit:
         add_quality(result, model, subject.processor, configurations, num_iter, sampling, seeds_per_digit)
@@ -236,8 +242,8 @@ def add_quality(result: dict, model, processor, configurations, num_iter: int, s
 
 def run_acceleration_benchmark(settings: dict, repeats: int, model_dirs: str | None = None) -> dict:
     """settings: images (timed batch), quality_seeds_per_digit, batch_sizes, memory, guidance_scale, temperature,
-    optionally num_iter and configurations (names of `default_configurations()` to run; the naive loop always runs
-    first). `model_dirs`: comma-separated trained model folders (default: a random demo-geometry model, speed only)."""
+    optionally num_iter, configurations (names of `default_configurations()` to run; the naive loop always runs
+    first) and random_model (MMARConfig overrides of the random model used without folders). `model_dirs`: comma-separated trained model folders (default: a random demo-geometry model, speed only)."""
     configurations = default_configurations()
     if settings.get("configurations"):
         wanted = set(settings["configurations"])
@@ -245,11 +251,13 @@ def run_acceleration_benchmark(settings: dict, repeats: int, model_dirs: str | N
     folders = [d.strip() for d in model_dirs.split(",") if d.strip()] if model_dirs else [None]
     models = []
     for folder in folders:
-        subject = load_subject(folder)
         if folder is None:
-            from .subjects import randomize_head
+            from .subjects import random_subject, randomize_head
 
+            subject = random_subject(**settings.get("random_model", {}))
             randomize_head(subject.model)  # a zero head would make every configuration draw the same zeros
+        else:
+            subject = load_subject(folder)
         models.append(benchmark_model(subject, settings, repeats, configurations))
     return {"name": "acceleration", "title": "Sampling accelerations vs the naive MAR loop (speed, quality, Pareto)",
             "settings": {**settings, "repeats": repeats}, "models": models,

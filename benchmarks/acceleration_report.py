@@ -45,6 +45,10 @@ def acceleration_markdown(section: dict) -> list[str]:
                           f"{other['generated_digit_accuracy']:.1%} (how far the figures move by chance)."]
         else:
             lines += ["", "Quality not applicable: a random model (pass trained folders with --model A,B)."]
+        for name, cost in model.get("compile_cost", {}).items():
+            lines += ["", f"{name}: the first call took {cost['first_call_s']:.1f} s, a warm one "
+                          f"{cost['warm_call_s']:.2f} s: compiling costs {cost['compile_s']:.1f} s once per process "
+                          "(per model and shape bucket)."]
         h = model["headline"]
         if h["configuration"]:
             lines += ["", f"Fastest matched configuration: **{h['configuration']}**, {_spread(h['speedup'])} the naive "

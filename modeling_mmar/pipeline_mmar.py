@@ -20,8 +20,10 @@ if TYPE_CHECKING:  # never run: diffusers copies only the modules a remote-code 
     from .diffusion_head_mmar import MMARDiffusionHead  # noqa: F401
     from .embedder_mmar import MMARImageEmbedder  # noqa: F401
     from .generation_mmar import MMARGenerationMixin  # noqa: F401
+    from .image_span_runner_mmar import ImageSpanRunner  # noqa: F401
     from .image_tokens_mmar import image_block_ids  # noqa: F401
     from .inpainting_mmar import token_mask_from_mask_image  # noqa: F401
+    from .sampling_schedules_mmar import masked_counts  # noqa: F401
     from .scheduling_mmar import MMARScheduler  # noqa: F401
 
 
@@ -39,11 +41,12 @@ class MMARPipeline(DiffusionPipeline):
     Components:
         model (`MMARForConditionalGeneration`): the LLM, its image tokenizer and diffusion head.
         processor (`MMARProcessor`): tokenizes captions into `<bos>caption<boi>` prompts.
-        scheduler (`SchedulerMixin`): the diffusion head's sampler, e.g. `MMARScheduler` or
-            `DDIMScheduler.from_config(pipe.scheduler.config)`.
+        scheduler (`SchedulerMixin`): the diffusion head's sampler: `default_sampling_scheduler(model.config)`
+            (DPM-Solver++ on the model's diffusion process, 10 steps; what a trained model's folder saves), or e.g.
+            `MMARScheduler.from_model_config(model.config)` (MAR's DDPM, 100 steps, with `temperature`).
 
     ```python
-    pipe = MMARPipeline(model=model, processor=processor, scheduler=MMARScheduler.from_model_config(model.config))
+    pipe = MMARPipeline(model=model, processor=processor, scheduler=default_sampling_scheduler(model.config))
     image = pipe("a handwritten seven", generator=torch.Generator().manual_seed(0)).images[0]
     pipe.save_pretrained("mmar-pipe")
     ```
@@ -120,10 +123,12 @@ class MMARPipeline(DiffusionPipeline):
             negative_prompt: caption(s) steered away from by classifier-free guidance (default: the empty caption).
             num_images_per_prompt: images per caption.
             num_iter: masked-AR steps (default min(64, tokens per image)).
-            num_inference_steps: diffusion steps per token (default: the scheduler's).
+            num_inference_steps: diffusion steps per token (default: the scheduler's `default_num_inference_steps`,
+                else 10).
             guidance_scale: classifier-free guidance scale (1.0 disables the unconditional branch).
             guidance_schedule: "linear" (grows with the revealed tokens) or "constant".
-            temperature: scales the noise of every reverse diffusion step.
+            temperature: scales the noise of every reverse diffusion step (needs a stochastic scheduler:
+                `MMARScheduler`; the default DPM-Solver++ injects none).
             generator: one generator, or one per image (`len(prompt) * num_images_per_prompt`).
             output_type: "pil" (default), "np" (floats in [0, 1]), "pt" or "latent" (continuous image tokens).
             return_dict: return an `ImagePipelineOutput` (else a tuple).

@@ -22,7 +22,8 @@ class MMARInpaintPipeline(MMARPipeline):
     masked. A border mask outpaints; an empty prompt completes unconditionally.
 
     ```python
-    pipe = MMARInpaintPipeline(model=model, processor=processor, scheduler=MMARScheduler.from_model_config(model.config))
+    pipe = MMARInpaintPipeline(model=model, processor=processor,
+                               scheduler=default_sampling_scheduler(model.config))
     mask = np.zeros((8, 8), dtype=np.float32); mask[4:] = 1  # regenerate the lower half
     completed = pipe("a handwritten seven", image=digit, mask_image=mask).images[0]
     ```

@@ -43,7 +43,11 @@ from .sampling_schedules_mmar import (
     masked_counts,
     structure_first,
 )
-from .scheduling_mmar import MMARScheduler  # raises the ImportError that says to install diffusers
+from .scheduling_mmar import (  # raises the ImportError that says to install diffusers
+    DEFAULT_NUM_INFERENCE_STEPS,
+    MMARScheduler,
+    default_sampling_scheduler,
+)
 
 try:  # guarded so that transformers' remote-code import check does not demand diffusers for text-only use
     from diffusers.image_processor import VaeImageProcessor
@@ -283,10 +287,18 @@ def generate_images(
     check_callable("progress_bar", progress_bar)
     check_callable("callback_on_step_end", callback_on_step_end)
     check_generator(generator, batch_size)
-    scheduler = MMARScheduler.from_model_config(cfg) if scheduler is None else scheduler
+    scheduler = default_sampling_scheduler(cfg) if scheduler is None else scheduler
     check_scheduler(scheduler, cfg)
+    if temperature != 1.0 and not isinstance(scheduler, MMARScheduler):
+        raise ValueError(
+            f"temperature={temperature} scales the noise a DDPM sampler injects at every head step; "
+            f"{type(scheduler).__name__} (the default head sampler is DPM-Solver++) injects none: pass "
+            "scheduler=MMARScheduler.from_model_config(model.config) (MAR's DDPM, 100 steps) to sample with a "
+            "temperature, or use temperature=1.0"
+        )
     if num_inference_steps is None:
-        num_inference_steps = getattr(scheduler, "config", {}).get("default_num_inference_steps", 100)
+        num_inference_steps = getattr(scheduler, "config", {}).get("default_num_inference_steps",
+                                                                   DEFAULT_NUM_INFERENCE_STEPS)
     check_int("num_inference_steps", num_inference_steps, 1)
     if final_num_inference_steps is not None:
         check_int("final_num_inference_steps", final_num_inference_steps, 1)
