@@ -36,10 +36,13 @@ class MMARGenerationMixin(GenerationMixin):
             guidance_scale (`float`, default 3.0): classifier-free guidance s on the head's output; 1.0 runs no
                 unconditional rows.
             guidance_schedule (`"linear"` | `"constant"`): s_k = 1 + (s - 1) * revealed_k / L, or s.
-            temperature (`float`, default 1.0): scales the noise injected at every reverse diffusion step.
-            num_inference_steps (`int`, default: the scheduler's default, 100): diffusion steps per token.
+            temperature (`float`, default 1.0): scales the noise injected at every reverse diffusion step; needs a
+                stochastic head sampler, `scheduler=MMARScheduler.from_model_config(model.config)` (MAR's DDPM).
+            num_inference_steps (`int`, default: the scheduler config's `default_num_inference_steps` (MMARScheduler:
+                100), else 10): diffusion steps per token.
             scheduler: any diffusers scheduler with `set_timesteps`/`step` built for the model's diffusion
-                process (default: `MMARScheduler` from the model config; e.g. `DDIMScheduler.from_config(...)`).
+                process (default: `default_sampling_scheduler(model.config)`, DPM-Solver++ on that process, which
+                matched the 100-step DDPM head's quality at 10 steps; e.g. `DDIMScheduler.from_config(...)`).
             generator: one `torch.Generator` or a list with one per prompt (per-image reproducibility).
             use_cache (`bool`, default True): reuse the prompt's KV cache at every step; False re-runs it.
             output_type (`"pt"` | `"np"` | `"pil"` | `"latent"`): [B,C,H,W] tensor in [0, 1], [B,H,W,C] float array

@@ -160,6 +160,23 @@ def test_an_image_in_a_batch_equals_the_image_alone_with_every_acceleration_on(m
         torch.testing.assert_close(batch[i], alone[0], rtol=1e-5, atol=1e-5)
 
 
+def test_inpainting_with_every_acceleration_keeps_the_known_tokens_exactly(model, prompts, digits):
+    from conftest import digits_to_pixel_values
+
+    images, _ = digits
+    pixel_values = digits_to_pixel_values(images[:8])
+    mask = torch.zeros(8, 8)
+    mask[:, :4] = 1  # regenerate the left half: 8 of the 16 tokens, 4 of them on the checkerboard
+    known = model.model.encode_images(pixel_values)
+    out = generate(model, prompts, image=pixel_values, mask_image=mask, num_iter=4, reconstruction_steps=1,
+                   final_num_inference_steps=4, token_cache_interval=2, guidance_cache_interval=2)
+    regenerated = torch.zeros(4, 4, dtype=torch.bool)
+    regenerated[:, :2] = True
+    regenerated = regenerated.flatten()
+    assert torch.equal(out[:, ~regenerated], known[:, ~regenerated])
+    assert (out[:, regenerated] - known[:, regenerated]).abs().amax(dim=(1, 2)).min() > 0
+
+
 def test_the_compiled_head_equals_the_eager_head(model, prompts):
     """torch.compile of the head (static: rows padded to a power of two) gives the eager head's tokens. One masked-AR
     step: one shape to compile (tens of seconds on a CPU)."""
