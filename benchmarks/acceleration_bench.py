@@ -243,7 +243,8 @@ def add_quality(result: dict, model, processor, configurations, num_iter: int, s
 def run_acceleration_benchmark(settings: dict, repeats: int, model_dirs: str | None = None) -> dict:
     """settings: images (timed batch), quality_seeds_per_digit, batch_sizes, memory, guidance_scale, temperature,
     optionally num_iter, configurations (names of `default_configurations()` to run; the naive loop always runs
-    first) and random_model (MMARConfig overrides of the random model used without folders). `model_dirs`: comma-separated trained model folders (default: a random demo-geometry model, speed only)."""
+    first) and random_model (MMARConfig overrides of the random model used without folders). `model_dirs`:
+    comma-separated trained model folders (default: a random demo-geometry model, speed only)."""
     configurations = default_configurations()
     if settings.get("configurations"):
         wanted = set(settings["configurations"])

@@ -303,6 +303,8 @@ def generate_images(
     if final_num_inference_steps is not None:
         check_int("final_num_inference_steps", final_num_inference_steps, 1)
     if reconstruction_steps is not None:
+        if num_iter < 2:
+            raise ValueError(f"reconstruction_steps (two-stage sampling) needs num_iter >= 2, got num_iter={num_iter}")
         check_int("reconstruction_steps", reconstruction_steps, 1, num_iter - 1)
     for name, interval in (("token_cache_interval", token_cache_interval),
                            ("guidance_cache_interval", guidance_cache_interval)):
