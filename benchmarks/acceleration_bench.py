@@ -56,7 +56,8 @@ DEFAULTS = Configuration("defaults (generate() / pipeline)")
 
 
 def default_configurations() -> tuple[Configuration, ...]:
-    """naive, the previous and the new defaults, then each acceleration alone and combined (names say what)."""
+    """naive, the previous and the new defaults, then each acceleration alone and combined (names say what). A
+    suite may run a subset (settings["configurations"])."""
     return (
         NAIVE,
         PREVIOUS_DEFAULT,
@@ -69,10 +70,18 @@ def default_configurations() -> tuple[Configuration, ...]:
         Configuration("DiSA DPM-Solver++ 10->3", scheduler="dpm++", steps=10,
                       options={"final_num_inference_steps": 3}),
         Configuration("defaults + condition cache 2", options={"guidance_cache_interval": 2}),
+        Configuration("defaults + condition cache 4", options={"guidance_cache_interval": 4}),
         Configuration("defaults + token cache 4", options={"token_cache_interval": 4}),
+        Configuration("defaults + token cache 8", options={"token_cache_interval": 8}),
         Configuration("defaults + both caches 4", options={"token_cache_interval": 4, "guidance_cache_interval": 4}),
+        Configuration("defaults + token cache 8 + condition cache 4",
+                      options={"token_cache_interval": 8, "guidance_cache_interval": 4}),
+        Configuration("DPM-Solver++ 5 + token cache 8 + condition cache 4", scheduler="dpm++", steps=5,
+                      options={"token_cache_interval": 8, "guidance_cache_interval": 4}),
         Configuration("defaults, num_iter / 2", num_iter_fraction=0.5),
         Configuration("defaults, num_iter / 2 + GtR 1", num_iter_fraction=0.5, options={"reconstruction_steps": 1}),
+        Configuration("defaults, num_iter / 2 + GtR 1 + token cache 8", num_iter_fraction=0.5,
+                      options={"reconstruction_steps": 1, "token_cache_interval": 8}),
         Configuration("defaults, num_iter / 4 + GtR 1", num_iter_fraction=0.25, options={"reconstruction_steps": 1}),
         Configuration("defaults + compiled head (static)", options={"compile_head": "static"}),
     )
@@ -212,7 +221,8 @@ def benchmark_model(subject, settings: dict, repeats: int, configurations) -> di
                   f"{ACCURACY_TOLERANCE * 100:g} points",
     }
     if settings.get("batch_sizes"):
-        chosen = [naive, next(c for c in configurations if c.name == DEFAULTS.name)]
+        chosen = [naive] if settings.get("throughput_with_naive", True) else []
+        chosen.append(next(c for c in configurations if c.name == DEFAULTS.name))
         if best and best["configuration"] not in {c.name for c in chosen}:
             chosen.append(next(c for c in configurations if c.name == best["configuration"]))
         result["throughput"] = throughput(model, chosen, subject.processor, num_iter, sampling,
@@ -241,8 +251,8 @@ def add_quality(result: dict, model, processor, configurations, num_iter: int, s
 
 
 def run_acceleration_benchmark(settings: dict, repeats: int, model_dirs: str | None = None) -> dict:
-    """settings: images (timed batch), quality_seeds_per_digit, batch_sizes, memory, guidance_scale, temperature,
-    optionally num_iter, configurations (names of `default_configurations()` to run; the naive loop always runs
+    """settings: images (timed batch), quality_seeds_per_digit, batch_sizes, memory, throughput_with_naive (default
+    True), guidance_scale, temperature, optionally num_iter, configurations (names of `default_configurations()` to run; the naive loop always runs
     first) and random_model (MMARConfig overrides of the random model used without folders). `model_dirs`:
     comma-separated trained model folders (default: a random demo-geometry model, speed only)."""
     configurations = default_configurations()
