@@ -80,6 +80,8 @@ def default_configurations() -> tuple[Configuration, ...]:
                       options={"token_cache_interval": 8, "guidance_cache_interval": 4}),
         Configuration("defaults, num_iter / 2", num_iter_fraction=0.5),
         Configuration("defaults, num_iter / 2 + GtR 1", num_iter_fraction=0.5, options={"reconstruction_steps": 1}),
+        Configuration("defaults, num_iter / 2 + token cache 8", num_iter_fraction=0.5,
+                      options={"token_cache_interval": 8}),
         Configuration("defaults, num_iter / 2 + GtR 1 + token cache 8", num_iter_fraction=0.5,
                       options={"reconstruction_steps": 1, "token_cache_interval": 8}),
         Configuration("defaults, num_iter / 4 + GtR 1", num_iter_fraction=0.25, options={"reconstruction_steps": 1}),

@@ -61,7 +61,8 @@ SUITES = {
                       "configurations": ["DPM-Solver++ 5", "DiSA DPM-Solver++ 10->3", "defaults + condition cache 4",
                                          "defaults + token cache 8", "defaults + token cache 8 + condition cache 4",
                                          "DPM-Solver++ 5 + token cache 8 + condition cache 4",
-                                         "defaults, num_iter / 2 + GtR 1",
+                                         "defaults, num_iter / 2", "defaults, num_iter / 2 + GtR 1",
+                                         "defaults, num_iter / 2 + token cache 8",
                                          "defaults, num_iter / 2 + GtR 1 + token cache 8"]},
     ),
     "smoke": Suite(
