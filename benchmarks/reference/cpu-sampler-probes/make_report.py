@@ -111,7 +111,28 @@ def write_markdown(report):
         lines += ["", f"Chance alone: the naive loop on {c['images']} images has digit-FD {c['naive_fd']:.3f} with one "
                       f"set of seeds and {c['naive_other_seeds_fd']:.3f} with another "
                       f"({c['naive_other_seeds_fd'] / c['naive_fd'] - 1:+.1%}).", ""]
-    lines += ["![pareto](pareto.png)", ""]
+    throughput = read("throughput.jsonl")
+    lines += ["## Throughput and peak memory", "",
+              "images/s (median of 3 side-by-side rounds after a warm-up call) / peak tensor memory per image during "
+              "a call (LiveTensorMemory: every live tensor an op creates; weights excluded), batch = prompts "
+              "(digits 0-9 cycling):", "",
+              "| model | configuration | batch 1 | batch 16 | batch 64 |", "|---|---|---|---|---|"]
+    for model_dir in MODELS:
+        for config in dict.fromkeys(r["configuration"] for r in throughput if r["model"] == model_dir):
+            cells = {r["batch_size"]: r for r in throughput if r["model"] == model_dir and r["configuration"] == config}
+            lines.append(f"| {model_dir} | {config} | " + " | ".join(
+                f"{cells[b]['images_per_s']:.2f} / {cells[b]['peak_memory_per_image_mb']:.2f} MB" for b in (1, 16, 64))
+                + " |")
+    lines += ["", "## torch.compile of the head (`compile_head`)", "",
+              "The first call compiles (minus nothing: the whole first call's time is shown), then the eager defaults "
+              "and the compiled head side by side (10 images, 3 rounds):", "",
+              "| model | mode | first call (compiles) | warm call | eager call | speed-up per round | max abs difference |",
+              "|---|---|---|---|---|---|---|"]
+    for r in read("compile.jsonl"):
+        lines.append(f"| {r['model']} | {r['mode']} | {r['first_compiled_call_s']:.1f} s | "
+                     f"{r['warm_compiled_s_median']:.2f} s | {r['eager_s_median']:.2f} s | "
+                     + ", ".join(f"{x:.2f}x" for x in r["speedup_rounds"]) + f" | {r['max_abs_difference']:.1e} |")
+    lines += ["", "![pareto](pareto.png)", ""]
     (HERE / "results.md").write_text("\n".join(lines))
 
 
