@@ -124,7 +124,7 @@ def write_markdown(report):
                 f"{cells[b]['images_per_s']:.2f} / {cells[b]['peak_memory_per_image_mb']:.2f} MB" for b in (1, 16, 64))
                 + " |")
     lines += ["", "## torch.compile of the head (`compile_head`)", "",
-              "The first call compiles (minus nothing: the whole first call's time is shown), then the eager defaults "
+              "The first call with `compile_head` (it compiles the head), then the eager defaults "
               "and the compiled head side by side (10 images, 3 rounds):", "",
               "| model | mode | first call (compiles) | warm call | eager call | speed-up per round | max abs difference |",
               "|---|---|---|---|---|---|---|"]
