@@ -8,7 +8,7 @@ It is the masked-AR algorithm exactly as the MAR reference code reads, with none
 - a 100-step DDPM head (`MMARScheduler`, the training process respaced to `num_inference_steps`).
 
 Randomness is drawn like the optimised sampler draws it (per image: order of revelation, then for each masked-AR
-step x_T and one noise tensor per diffusion step), so with the same scheduler and step count both give the same
+step x_T and the noise of all its diffusion steps), so with the same scheduler and step count both give the same
 images; a different scheduler or step count changes the samples but not their distribution, which is what the
 quality comparison (digit-FD, generated-digit accuracy) checks.
 """
@@ -58,8 +58,10 @@ def _head_sample(model, scheduler, cond, uncond, guidance, temperature, num_infe
     head = model.diffusion_head
     dim = head.token_dim
     scheduler.set_timesteps(num_inference_steps, device=cond.device)
-    sample = randomness.normal([per_image] * len(randomness.generators), dim) * scheduler.init_noise_sigma
-    for t in scheduler.timesteps:
+    counts = [per_image] * len(randomness.generators)
+    sample = randomness.normal(counts, dim) * scheduler.init_noise_sigma
+    step_noise = randomness.normal_per_step(counts, dim, len(scheduler.timesteps)) if temperature > 0 else None
+    for index, t in enumerate(scheduler.timesteps):
         timesteps = t.reshape(1).expand(sample.shape[0]).to(cond.device)
         output = head(sample, timesteps, cond).float()
         counter.head_calls += 1
@@ -67,8 +69,8 @@ def _head_sample(model, scheduler, cond, uncond, guidance, temperature, num_infe
             output_uncond = head(sample, timesteps, uncond).float()
             counter.head_calls += 1
             output = output_uncond + guidance * (output - output_uncond)
-        per_row = [g for g in randomness.generators for _ in range(per_image)]  # each token: its image's generator
-        sample = scheduler.step(output, t, sample, generator=per_row, temperature=temperature).prev_sample
+        noise = step_noise[index] if step_noise is not None else None
+        sample = scheduler.step(output, t, sample, temperature=temperature, variance_noise=noise).prev_sample
     return sample
 
 

@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .acceleration_report import acceleration_markdown, plot_pareto  # noqa: E402
+
 
 def _x(value: float) -> str:
     return f"{value:.2f}x"
@@ -268,10 +270,11 @@ def plot_training(section: dict, path: Path) -> None:
 
 PLOTS = {"sampler": ("sampler_speedup.png", plot_sampler), "janus": ("scaling_image_tokens.png", plot_janus_tokens),
          "num_iter_scaling": ("scaling_num_iter.png", plot_num_iter),
-         "training_scaling": ("scaling_training_sequence.png", plot_training)}
+         "training_scaling": ("scaling_training_sequence.png", plot_training),
+         "acceleration": ("sampler_pareto.png", plot_pareto)}
 MARKDOWN = {"sampler": sampler_markdown, "janus": janus_markdown, "num_iter_scaling": janus_markdown,
             "training": training_markdown, "training_scaling": training_markdown,
-            "paper_training": paper_training_markdown, "gpu": gpu_markdown}
+            "paper_training": paper_training_markdown, "gpu": gpu_markdown, "acceleration": acceleration_markdown}
 
 
 def write_report(out_dir: Path, suite_name: str, machine: dict, sections: dict, loaded: bool) -> dict:

@@ -13,7 +13,8 @@ from .report import write_report
 from .suites import Suite
 from .timing import machine_state, under_load
 
-SECTION_ORDER = ("sampler", "janus", "num_iter_scaling", "training", "training_scaling", "paper_training", "gpu")
+SECTION_ORDER = ("sampler", "acceleration", "janus", "num_iter_scaling", "training", "training_scaling",
+                 "paper_training", "gpu")
 
 
 class CudaUnavailable(RuntimeError):
@@ -27,6 +28,10 @@ def run_section(name: str, suite: Suite, out_dir: Path, model_dir: str | None, r
         from .subjects import load_subject
 
         return run_sampler_benchmark(load_subject(model_dir), settings, repeats, out_dir=out_dir)
+    if name == "acceleration":  # --model may name several folders, comma-separated
+        from .acceleration_bench import run_acceleration_benchmark
+
+        return run_acceleration_benchmark(settings, repeats, model_dir)
     if name in ("janus", "num_iter_scaling"):
         from .janus_bench import run_janus_benchmark
 

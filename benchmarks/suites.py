@@ -4,6 +4,8 @@ cpu-small  the default: the demo geometry (or the trained demo model) on CPU, ev
            2-core machine.
 cpu-paper  the training step at the paper-0.5b geometry (Qwen2-0.5B, real vocabulary, + KL-16 VAE, 256x256) on
            CPU in fp32 against the bare Qwen2-0.5B: the geometry the overhead targets are about; ~20 GB RAM, ~15 min.
+cpu-sampler  the sampling accelerations (acceleration_bench) against the naive MAR loop on trained models:
+           `--suite cpu-sampler --model mmar-demo/model,mmar-demo-64tokens/model`; ~30 min on 2 cores.
 smoke      the same mechanics at the smallest sizes with 1 round (the harness' own test; numbers mean nothing).
 gpu        the paper-0.5b geometry (Qwen2-0.5B + KL-16 VAE, 256x256) in bf16 on a CUDA device.
 """
@@ -20,6 +22,7 @@ class Suite:
     repeats: int = 3
     needs_cuda: bool = False
     sampler: dict | None = None  # sampler_bench: optimised vs naive
+    acceleration: dict | None = None  # acceleration_bench: every acceleration vs naive, per model, + Pareto plot
     janus: dict | None = None  # janus_bench over image tokens (also the time-vs-tokens scaling plot)
     num_iter_scaling: dict | None = None  # janus_bench at one L over num_iter
     training: dict | None = None  # training_bench headline (+ profile)
@@ -44,6 +47,23 @@ SUITES = {
                   "variants": ["head_checkpointing"]},
         training_scaling={"batch_size": 8, "steps_per_round": 1, "image_tokens": [16, 64, 256, 1024],
                           "profile": False},
+    ),
+    "cpu-sampler": Suite(
+        name="cpu-sampler",
+        description="sampling accelerations vs the naive loop, per trained model (--model A,B): speed, quality, "
+                    "Pareto plot, batch 1/16/64, memory; 1 thread",
+        repeats=3,
+        # A subset of acceleration_bench.default_configurations() (each alone, then combined) and 200 images per
+        # configuration for quality, so that both models fit in ~30 min; throughput without the naive loop (its
+        # batch-64 call on the 64-token model alone would take minutes).
+        acceleration={"images": 10, "guidance_scale": 3.0, "temperature": 1.0, "quality_seeds_per_digit": 20,
+                      "batch_sizes": [1, 16, 64], "memory": True, "throughput_with_naive": False,
+                      "configurations": ["DPM-Solver++ 5", "DiSA DPM-Solver++ 10->3", "defaults + condition cache 4",
+                                         "defaults + token cache 8", "defaults + token cache 8 + condition cache 4",
+                                         "DPM-Solver++ 5 + token cache 8 + condition cache 4",
+                                         "defaults, num_iter / 2", "defaults, num_iter / 2 + GtR 1",
+                                         "defaults, num_iter / 2 + token cache 8",
+                                         "defaults, num_iter / 2 + GtR 1 + token cache 8"]},
     ),
     "smoke": Suite(
         name="smoke",

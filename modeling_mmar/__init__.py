@@ -13,7 +13,7 @@ from .modeling_mmar import (
 )
 from .pipeline_mmar import MMARPipeline
 from .pipeline_mmar_inpaint import MMARInpaintPipeline
-from .scheduling_mmar import MMARScheduler
+from .scheduling_mmar import MMARScheduler, default_sampling_scheduler
 
 AutoConfig.register("mmar", MMARConfig, exist_ok=True)
 AutoModel.register(MMARConfig, MMARModel, exist_ok=True)
@@ -33,6 +33,7 @@ __all__ = [
     "MMARModelOutputWithPast",
     "MMARCausalLMOutputWithPast",
     "MMARScheduler",
+    "default_sampling_scheduler",
     "MMARPipeline",
     "MMARInpaintPipeline",
 ]

@@ -192,12 +192,15 @@ class MMARDiffusionHead(nn.Module):
     def sample(self, conditions: torch.Tensor, scheduler, num_inference_steps: int, initial_noise: torch.Tensor,
                uncond_conditions: torch.Tensor | None = None, guidance_scale: float | torch.Tensor = 1.0,
                generator: list[torch.Generator] | torch.Generator | None = None,
-               temperature: float = 1.0) -> torch.Tensor:
+               temperature: float = 1.0, step_noise: torch.Tensor | None = None,
+               compile_mode: str | None = None) -> torch.Tensor:
         """
         Reverse diffusion of M tokens from `initial_noise` [M, D] given LLM states `conditions` [M, H], with
         classifier-free guidance against `uncond_conditions` [M, H] (None: no CFG; `guidance_scale` a float or one
-        per row, [M, 1]). `generator` is passed to every
-        `scheduler.step` (a list: one per token row); `temperature` scales MMARScheduler's injected noise.
+        per row, [M, 1]). `generator` is passed to every `scheduler.step` (a list: one per token row); `step_noise`
+        [num_inference_steps, M, D] (standard normal) is instead MMARScheduler's noise of each step, drawn by the
+        caller. `temperature` scales MMARScheduler's injected noise. `compile_mode` "dynamic" or "static" runs the
+        head through `torch.compile` (see `compiled_head`).
         """
         from .scheduling_mmar import MMARScheduler
 
@@ -210,23 +213,49 @@ class MMARDiffusionHead(nn.Module):
         if isinstance(scheduler, MMARScheduler):
             step_kwargs["temperature"] = temperature
         scheduler.set_timesteps(num_inference_steps, device=conditions.device)
+        if step_noise is not None and step_noise.shape[0] < len(scheduler.timesteps):
+            raise ValueError(f"step_noise holds {step_noise.shape[0]} steps for {len(scheduler.timesteps)} timesteps")
         sample = initial_noise * scheduler.init_noise_sigma
         with_cfg = uncond_conditions is not None
         # The LLM states are fixed for the whole diffusion loop: embed them once, not at every head step.
         condition_embedding = self.embed_condition(
             torch.cat([conditions, uncond_conditions]) if with_cfg else conditions)
+        forward = self.forward_embedded if compile_mode is None else compiled_head(self, compile_mode)
         dtype = self.input_proj.weight.dtype
-        for t in scheduler.timesteps:
+        for index, t in enumerate(scheduler.timesteps):
             model_input = scheduler.scale_model_input(sample, t)
             if with_cfg:  # the conditional and unconditional predictions share one x_t
                 model_input = torch.cat([model_input, model_input])
-            output = self(model_input.to(dtype), t.reshape(1).to(conditions.device),
-                          condition_embedding=condition_embedding).float()
+            output = forward(model_input.to(dtype), t.reshape(1).to(conditions.device), condition_embedding).float()
             if with_cfg:
                 output_cond, output_uncond = output.chunk(2)
                 output = output_uncond + guidance_scale * (output_cond - output_uncond)
+            if step_noise is not None:
+                step_kwargs["variance_noise"] = step_noise[index]
             sample = scheduler.step(output, t, sample, **step_kwargs).prev_sample
         return sample
+
+
+def compiled_head(head: MMARDiffusionHead, mode: str):
+    """`head.forward_embedded` through `torch.compile`, compiled once per head and mode. "dynamic" compiles one graph
+    for any number of token rows; "static" pads the rows to the next power of two (zeros, sliced off after) so that
+    a few fixed-shape graphs serve every masked-AR step. The first calls pay the compilation (tens of seconds on a
+    CPU); the outputs equal the eager head's up to float rounding."""
+    compiled = head.__dict__.setdefault("_compiled_forward", {})
+    if mode not in compiled:
+        compiled[mode] = torch.compile(head.forward_embedded, dynamic=mode == "dynamic")
+    forward = compiled[mode]
+    if mode == "dynamic":
+        return forward
+
+    def padded(noisy_tokens, timesteps, condition_embedding):
+        rows = noisy_tokens.shape[0]
+        bucket = 1 << max(rows - 1, 0).bit_length()
+        pad = (0, 0, 0, bucket - rows)
+        output = forward(nn.functional.pad(noisy_tokens, pad), timesteps, nn.functional.pad(condition_embedding, pad))
+        return output[:rows]
+
+    return padded
 
 
 __all__ = ["MMARDiffusionHead"]

@@ -36,10 +36,13 @@ class MMARGenerationMixin(GenerationMixin):
             guidance_scale (`float`, default 3.0): classifier-free guidance s on the head's output; 1.0 runs no
                 unconditional rows.
             guidance_schedule (`"linear"` | `"constant"`): s_k = 1 + (s - 1) * revealed_k / L, or s.
-            temperature (`float`, default 1.0): scales the noise injected at every reverse diffusion step.
-            num_inference_steps (`int`, default: the scheduler's default, 100): diffusion steps per token.
+            temperature (`float`, default 1.0): scales the noise injected at every reverse diffusion step; needs a
+                stochastic head sampler, `scheduler=MMARScheduler.from_model_config(model.config)` (MAR's DDPM).
+            num_inference_steps (`int`, default: the scheduler config's `default_num_inference_steps` (MMARScheduler:
+                100), else 10): diffusion steps per token.
             scheduler: any diffusers scheduler with `set_timesteps`/`step` built for the model's diffusion
-                process (default: `MMARScheduler` from the model config; e.g. `DDIMScheduler.from_config(...)`).
+                process (default: `default_sampling_scheduler(model.config)`, DPM-Solver++ on that process, which
+                matched the 100-step DDPM head's quality at 10 steps; e.g. `DDIMScheduler.from_config(...)`).
             generator: one `torch.Generator` or a list with one per prompt (per-image reproducibility).
             use_cache (`bool`, default True): reuse the prompt's KV cache at every step; False re-runs it.
             output_type (`"pt"` | `"np"` | `"pil"` | `"latent"`): [B,C,H,W] tensor in [0, 1], [B,H,W,C] float array
@@ -49,6 +52,22 @@ class MMARGenerationMixin(GenerationMixin):
             progress_bar (`callable(steps) -> iterable`): wraps the steps instead (e.g. `pipe.progress_bar`).
             callback_on_step_end (`callable(step, image_tokens, still_masked)`): called after every step with
                 copies of the tokens [B, L, D] and the bool mask [B, L] (True = not generated yet).
+
+            Training-free accelerations (off by default: `None`; the README's Performance section measures each):
+            final_num_inference_steps (`int`): diffusion step annealing (DiSA, arXiv 2505.20297): the head's
+                diffusion steps fall linearly from `num_inference_steps` at the first masked-AR step to this at the
+                last (later tokens are conditioned on more of the image and are easier to sample).
+            reconstruction_steps (`int` in [1, num_iter - 1]): two-stage sampling (GtR, arXiv 2510.17171): a
+                checkerboard half of the tokens is generated over the first `num_iter - reconstruction_steps` steps
+                (cosine schedule), the other half in the last `reconstruction_steps` steps.
+            token_cache_interval (`int`): LazyMAR's token cache (arXiv 2503.12450): a full LLM step every that many
+                masked-AR steps; in between only the span tokens revealed since their row last ran and the tokens
+                sampled now run through the LLM, on the cached keys/values of the others (needs `use_cache`).
+            guidance_cache_interval (`int`): LazyMAR's condition cache: a full LLM step every that many masked-AR
+                steps; in between only the conditional rows run and the unconditional states are the conditional
+                ones plus the (unconditional - conditional) difference of the last full step.
+            compile_head (`"dynamic"` | `"static"`): run the diffusion head through `torch.compile` (compiled once per
+                model; "static" pads the token rows to the next power of two so that a few fixed shapes compile).
         """
         if generation_mode not in GENERATION_MODES:
             raise ValueError(f"generation_mode must be one of {GENERATION_MODES}, got {generation_mode!r}")

@@ -22,9 +22,11 @@ if TYPE_CHECKING:  # never run: diffusers copies only the modules a remote-code 
     from .generation_mmar import MMARGenerationMixin  # noqa: F401
     from .image_experts_mmar import ImageExpertRouter  # noqa: F401
     from .image_features_mmar import image_positions_in  # noqa: F401
+    from .image_span_runner_mmar import ImageSpanRunner  # noqa: F401
     from .image_tokens_mmar import image_block_ids  # noqa: F401
     from .inpainting_mmar import token_mask_from_mask_image  # noqa: F401
     from .outputs_mmar import MMARImageFeaturesOutput  # noqa: F401
+    from .sampling_schedules_mmar import masked_counts  # noqa: F401
     from .save_load_mmar import MMARSaveLoadMixin  # noqa: F401
     from .scheduling_mmar import MMARScheduler  # noqa: F401
 
@@ -43,11 +45,12 @@ class MMARPipeline(DiffusionPipeline):
     Components:
         model (`MMARForConditionalGeneration`): the LLM, its image tokenizer and diffusion head.
         processor (`MMARProcessor`): tokenizes captions into `<bos>caption<boi>` prompts.
-        scheduler (`SchedulerMixin`): the diffusion head's sampler, e.g. `MMARScheduler` or
-            `DDIMScheduler.from_config(pipe.scheduler.config)`.
+        scheduler (`SchedulerMixin`): the diffusion head's sampler: `default_sampling_scheduler(model.config)`
+            (DPM-Solver++ on the model's diffusion process, 10 steps; what a trained model's folder saves), or e.g.
+            `MMARScheduler.from_model_config(model.config)` (MAR's DDPM, 100 steps, with `temperature`).
 
     ```python
-    pipe = MMARPipeline(model=model, processor=processor, scheduler=MMARScheduler.from_model_config(model.config))
+    pipe = MMARPipeline(model=model, processor=processor, scheduler=default_sampling_scheduler(model.config))
     image = pipe("a handwritten seven", generator=torch.Generator().manual_seed(0)).images[0]
     pipe.save_pretrained("mmar-pipe")
     ```
@@ -112,6 +115,11 @@ class MMARPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         use_cache: bool = True,
+        final_num_inference_steps: int | None = None,
+        reconstruction_steps: int | None = None,
+        token_cache_interval: int | None = None,
+        guidance_cache_interval: int | None = None,
+        compile_head: str | None = None,
     ) -> ImagePipelineOutput | tuple:
         r"""
         Args:
@@ -119,19 +127,35 @@ class MMARPipeline(DiffusionPipeline):
             negative_prompt: caption(s) steered away from by classifier-free guidance (default: the empty caption).
             num_images_per_prompt: images per caption.
             num_iter: masked-AR steps (default min(64, tokens per image)).
-            num_inference_steps: diffusion steps per token (default: the scheduler's).
+            num_inference_steps: diffusion steps per token (default: the scheduler's `default_num_inference_steps`,
+                else 10).
             guidance_scale: classifier-free guidance scale (1.0 disables the unconditional branch).
             guidance_schedule: "linear" (grows with the revealed tokens) or "constant".
-            temperature: scales the noise of every reverse diffusion step.
+            temperature: scales the noise of every reverse diffusion step (needs a stochastic scheduler:
+                `MMARScheduler`; the default DPM-Solver++ injects none).
             generator: one generator, or one per image (`len(prompt) * num_images_per_prompt`).
             output_type: "pil" (default), "np" (floats in [0, 1]), "pt" or "latent" (continuous image tokens).
             return_dict: return an `ImagePipelineOutput` (else a tuple).
             use_cache: reuse the prompts' KV cache at every masked-AR step.
+            Training-free accelerations, off by default (`None`; `MMARForConditionalGeneration.generate` and the
+            README's Performance section say what each costs in quality):
+            final_num_inference_steps: diffusion step annealing (DiSA): the head's steps fall linearly from
+                `num_inference_steps` at the first masked-AR step to this at the last.
+            reconstruction_steps: two-stage sampling (GtR): a checkerboard half of the tokens over the first
+                `num_iter - reconstruction_steps` steps, the other half in the last `reconstruction_steps`.
+            token_cache_interval: LazyMAR's token cache: a full step every that many steps; in between only changed
+                and sampled tokens run through the LLM.
+            guidance_cache_interval: LazyMAR's condition cache: a full step every that many steps; in between the
+                unconditional rows reuse the last full step's (unconditional - conditional) difference.
+            compile_head: "dynamic" or "static" (row counts padded to powers of two): torch.compile the head.
         """
         return self._generate(prompt, negative_prompt, return_dict, num_images_per_prompt=num_images_per_prompt,
                               num_iter=num_iter, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                               guidance_schedule=guidance_schedule, temperature=temperature, generator=generator,
-                              use_cache=use_cache, output_type=output_type)
+                              use_cache=use_cache, output_type=output_type,
+                              final_num_inference_steps=final_num_inference_steps,
+                              reconstruction_steps=reconstruction_steps, token_cache_interval=token_cache_interval,
+                              guidance_cache_interval=guidance_cache_interval, compile_head=compile_head)
 
     def _generate(self, prompt, negative_prompt, return_dict: bool, **sampling) -> ImagePipelineOutput | tuple:
         check_bool("return_dict", return_dict)

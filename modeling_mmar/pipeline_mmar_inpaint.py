@@ -22,7 +22,8 @@ class MMARInpaintPipeline(MMARPipeline):
     masked. A border mask outpaints; an empty prompt completes unconditionally.
 
     ```python
-    pipe = MMARInpaintPipeline(model=model, processor=processor, scheduler=MMARScheduler.from_model_config(model.config))
+    pipe = MMARInpaintPipeline(model=model, processor=processor,
+                               scheduler=default_sampling_scheduler(model.config))
     mask = np.zeros((8, 8), dtype=np.float32); mask[4:] = 1  # regenerate the lower half
     completed = pipe("a handwritten seven", image=digit, mask_image=mask).images[0]
     ```
@@ -63,6 +64,11 @@ class MMARInpaintPipeline(MMARPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         use_cache: bool = True,
+        final_num_inference_steps: int | None = None,
+        reconstruction_steps: int | None = None,
+        token_cache_interval: int | None = None,
+        guidance_cache_interval: int | None = None,
+        compile_head: str | None = None,
     ) -> ImagePipelineOutput | tuple:
         r"""
         Args:
@@ -81,7 +87,10 @@ class MMARInpaintPipeline(MMARPipeline):
                               mask_image=mask_image, num_images_per_prompt=num_images_per_prompt, num_iter=num_iter,
                               num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                               guidance_schedule=guidance_schedule, temperature=temperature, generator=generator,
-                              use_cache=use_cache, output_type=output_type)
+                              use_cache=use_cache, output_type=output_type,
+                              final_num_inference_steps=final_num_inference_steps,
+                              reconstruction_steps=reconstruction_steps, token_cache_interval=token_cache_interval,
+                              guidance_cache_interval=guidance_cache_interval, compile_head=compile_head)
 
 
 __all__ = ["MMARInpaintPipeline"]

@@ -11,15 +11,13 @@ equals the one generated alone with the same generator.
 
 from __future__ import annotations
 
-import copy
-import math
 from collections.abc import Callable, Iterable
 
 import torch
 from tqdm.auto import tqdm
-from transformers import DynamicCache
 from transformers.utils import logging
 
+from .image_span_runner_mmar import ImageSpanRunner
 from .inpainting_mmar import (
     check_image_for_inpainting,
     expand_images,
@@ -38,7 +36,18 @@ from .input_checks_mmar import (
     check_token_ids,
     embedding_rows,
 )
-from .scheduling_mmar import MMARScheduler  # raises the ImportError that says to install diffusers
+from .sampling_schedules_mmar import (
+    annealed_inference_steps,
+    cosine_masked_counts,
+    guidance_for_step,
+    masked_counts,
+    structure_first,
+)
+from .scheduling_mmar import (  # raises the ImportError that says to install diffusers
+    DEFAULT_NUM_INFERENCE_STEPS,
+    MMARScheduler,
+    default_sampling_scheduler,
+)
 
 try:  # guarded so that transformers' remote-code import check does not demand diffusers for text-only use
     from diffusers.image_processor import VaeImageProcessor
@@ -51,29 +60,9 @@ logger = logging.get_logger(__name__)
 GUIDANCE_SCHEDULES = ("linear", "constant")
 OUTPUT_TYPES = ("pt", "np", "pil", "latent")
 DEFAULT_NUM_ITER = 64
+COMPILE_MODES = ("dynamic", "static")  # torch.compile of the diffusion head
 
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
-
-
-def cosine_masked_counts(num_tokens: int, num_iter: int) -> list[int]:
-    """How many tokens are still masked after each step: floor(L*cos(pi/2*(k+1)/K)), clamped to [1, masked-1];
-    the last step reveals everything. At least one token leaves the mask per step while more than one is left."""
-    masked, counts = num_tokens, []
-    for step in range(num_iter):
-        if step == num_iter - 1:
-            masked = 0
-        else:
-            target = math.floor(num_tokens * math.cos(math.pi / 2 * (step + 1) / num_iter))
-            masked = max(1, min(masked - 1, target))
-        counts.append(masked)
-    return counts
-
-
-def guidance_for_step(guidance_scale: float, schedule: str, revealed_after_step: int, num_tokens: int) -> float:
-    """CFG scale of one step: constant, or linear s_k = 1 + (s - 1) * revealed_after_step / L."""
-    if schedule == "constant":
-        return guidance_scale
-    return 1.0 + (guidance_scale - 1.0) * revealed_after_step / num_tokens
 
 
 class PerImageRandomness:
@@ -106,6 +95,13 @@ class PerImageRandomness:
         draws = [randn_tensor((count, dim), generator=g, device=self.device, dtype=torch.float32)
                  for g, count in zip(self.generators, counts)]
         return torch.cat(draws)
+
+    def normal_per_step(self, counts: list[int], dim: int, num_steps: int) -> torch.Tensor:
+        """Standard normal [num_steps, sum(counts), dim]: the noise of every reverse diffusion step, image-major in
+        each step, drawn in one call per image (`counts[i]` rows per step from image i's generator)."""
+        draws = [randn_tensor((num_steps, count, dim), generator=g, device=self.device, dtype=torch.float32)
+                 for g, count in zip(self.generators, counts)]
+        return torch.cat(draws, dim=1)
 
 
 def _generation_prompts(ids, mask, config, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,63 +188,6 @@ def build_prompt_rows(input_ids, attention_mask, negative_ids, negative_mask, co
     return torch.cat([ids, negative]), torch.cat([mask, negative_mask])
 
 
-class ImageSpanRunner:
-    """Runs the image span of every row through the LLM on top of the fixed prompt prefix.
-
-    The prompts are checked once by `generate_images`; every masked-AR step then goes straight to
-    `MMARModel.forward_embedded` with the image embeddings, span layout and attention masks built here once.
-    """
-
-    def __init__(self, model, prefix_ids, prefix_mask, use_cache: bool):
-        self.backbone = model.model
-        cfg = model.config
-        self.num_tokens = cfg.tokens_per_image
-        rows, prefix_length = prefix_ids.shape
-        device = prefix_ids.device
-        full_mask = torch.cat([prefix_mask, torch.ones(rows, self.num_tokens, dtype=prefix_mask.dtype,
-                                                       device=device)], dim=1)
-        # Positions from the attention mask (left padding): pads get 1 like GenerationMixin, the image continues
-        # right after each row's own prompt.
-        prefix_positions = (prefix_mask.cumsum(-1) - 1).masked_fill(prefix_mask == 0, 1)
-        span_positions = prefix_mask.sum(-1, keepdim=True) + torch.arange(self.num_tokens, device=device)
-        # One image block per row, after `prefix_length` text positions.
-        block_ids = torch.cat([torch.full((rows, prefix_length), -1, dtype=torch.long, device=device),
-                               torch.zeros(rows, self.num_tokens, dtype=torch.long, device=device)], dim=1)
-        prefix_embeds = self.backbone.get_input_embeddings()(prefix_ids)
-        self.embed_dtype = prefix_embeds.dtype
-        self.cache = None
-        if use_cache:
-            self.cache = DynamicCache(config=cfg.get_text_config())
-            self.backbone.language_model(inputs_embeds=prefix_embeds, attention_mask=prefix_mask,
-                                         position_ids=prefix_positions, cache=self.cache, use_cache=True)
-            self.position_ids = span_positions
-            self.prefix_embeds = None
-        else:  # reference path: the whole sequence again at every step
-            self.position_ids = torch.cat([prefix_positions, span_positions], dim=1)
-            self.prefix_embeds = prefix_embeds
-        probe = torch.zeros(rows, self.position_ids.shape[1], prefix_embeds.shape[-1], dtype=self.embed_dtype,
-                            device=device)
-        self.image_positions = block_ids[:, -self.position_ids.shape[1]:] >= 0  # what the image experts run on
-        # The same masks serve every step: the prompt's cache is cropped back to the same length each time.
-        self.masks = self.backbone._image_span_masks(probe, full_mask, self.cache, self.position_ids, block_ids)
-
-    def hidden_states(self, tokens: torch.Tensor, still_masked: torch.Tensor) -> torch.Tensor:
-        """LLM states at the image positions [rows, L, H] for `tokens` [rows, L, D] (`still_masked` hidden)."""
-        image_embeds = self.backbone.image_embedder(tokens, still_masked).to(self.embed_dtype)
-        if self.cache is None:
-            out = self.backbone.forward_embedded(torch.cat([self.prefix_embeds, image_embeds], dim=1),
-                                                 attention_mask=self.masks, position_ids=self.position_ids,
-                                                 use_cache=False, image_positions=self.image_positions)
-            return out.last_hidden_state[:, -self.num_tokens:]
-        croppable = self.cache.is_croppable
-        cache = self.cache if croppable else copy.deepcopy(self.cache)
-        out = self.backbone.forward_embedded(image_embeds, attention_mask=self.masks, position_ids=self.position_ids,
-                                             cache=cache, use_cache=True, image_positions=self.image_positions)
-        if croppable:  # back to the prompt prefix: the span's keys/values change at every step
-            self.cache.crop(-self.num_tokens)
-        return out.last_hidden_state
-
-
 def _say_what_the_mask_covers(to_generate: torch.Tensor) -> None:
     untouched = [b for b, row in enumerate(to_generate) if not row.any()]
     if untouched:
@@ -294,6 +233,11 @@ def generate_images(
     callback_on_step_end: StepCallback | None = None,
     image: torch.Tensor | None = None,
     mask_image=None,
+    final_num_inference_steps: int | None = None,
+    reconstruction_steps: int | None = None,
+    token_cache_interval: int | None = None,
+    guidance_cache_interval: int | None = None,
+    compile_head: str | None = None,
     token_type_ids: torch.Tensor | None = None,  # accepted (the processor may return it) and not needed
     **unexpected,
 ):
@@ -305,7 +249,9 @@ def generate_images(
     masked-AR steps (e.g. a `DiffusionPipeline.progress_bar`); by default a tqdm bar when `show_progress`.
     Inpainting: `image` (pixel_values [1 | prompts | B, C, H, W] in [-1, 1]) and `mask_image` (white = regenerate,
     see inpainting_mmar): tokens outside the mask are visible from the first step and returned exactly; the order,
-    cosine schedule and `num_iter` run over the masked tokens only.
+    cosine schedule and `num_iter` run over the masked tokens only. The accelerations (`final_num_inference_steps`,
+    `reconstruction_steps`, `token_cache_interval`, `guidance_cache_interval`, `compile_head`) are off by default
+    and documented in `MMARForConditionalGeneration.generate`.
     """
     if unexpected:
         raise ValueError(
@@ -341,11 +287,31 @@ def generate_images(
     check_callable("progress_bar", progress_bar)
     check_callable("callback_on_step_end", callback_on_step_end)
     check_generator(generator, batch_size)
-    scheduler = MMARScheduler.from_model_config(cfg) if scheduler is None else scheduler
+    scheduler = default_sampling_scheduler(cfg) if scheduler is None else scheduler
     check_scheduler(scheduler, cfg)
+    if temperature != 1.0 and not isinstance(scheduler, MMARScheduler):
+        raise ValueError(
+            f"temperature={temperature} scales the noise a DDPM sampler injects at every head step; "
+            f"{type(scheduler).__name__} (the default head sampler is DPM-Solver++) injects none: pass "
+            "scheduler=MMARScheduler.from_model_config(model.config) (MAR's DDPM, 100 steps) to sample with a "
+            "temperature, or use temperature=1.0"
+        )
     if num_inference_steps is None:
-        num_inference_steps = getattr(scheduler, "config", {}).get("default_num_inference_steps", 100)
+        num_inference_steps = getattr(scheduler, "config", {}).get("default_num_inference_steps",
+                                                                   DEFAULT_NUM_INFERENCE_STEPS)
     check_int("num_inference_steps", num_inference_steps, 1)
+    if final_num_inference_steps is not None:
+        check_int("final_num_inference_steps", final_num_inference_steps, 1)
+    if reconstruction_steps is not None:
+        if num_iter < 2:
+            raise ValueError(f"reconstruction_steps (two-stage sampling) needs num_iter >= 2, got num_iter={num_iter}")
+        check_int("reconstruction_steps", reconstruction_steps, 1, num_iter - 1)
+    for name, interval in (("token_cache_interval", token_cache_interval),
+                           ("guidance_cache_interval", guidance_cache_interval)):
+        if interval is not None:
+            check_int(name, interval, 1)
+    if compile_head is not None:
+        check_choice("compile_head", compile_head, COMPILE_MODES)
 
     device = model.device
     with_uncond = guidance_scale != 1.0  # s = 1 is plain conditional sampling: no unconditional rows at all
@@ -354,41 +320,57 @@ def generate_images(
     check_fits_positions(prefix_mask.sum(-1).max().item() + num_tokens,
                          getattr(cfg.get_text_config(), "max_position_embeddings", None), "the prompt plus its image span")
     randomness = PerImageRandomness(generator, batch_size, device)
-    # Each image's own random order, restricted to the tokens it regenerates (all of them without a mask).
-    orders = [order[to_generate[b, order]] for b, order in enumerate(randomness.permutations(num_tokens))]
-    schedules = [cosine_masked_counts(len(order), num_iter) if len(order) else [0] * num_iter for order in orders]
-    rows = 2 * batch_size if with_uncond else batch_size
+    # Each image's own random order, restricted to the tokens it regenerates (all of them without a mask); two-stage
+    # sampling moves the checkerboard's tokens first (each half keeps its random order).
+    orders, schedules = [], []
+    for b, order in enumerate(randomness.permutations(num_tokens)):
+        order, num_structure = order[to_generate[b, order]], None
+        if reconstruction_steps is not None:
+            order, num_structure = structure_first(order, num_tokens)
+        orders.append(order)
+        schedules.append(masked_counts(len(order), num_iter, num_structure, reconstruction_steps))
+    # MMARScheduler's noise for all head steps is drawn in one call per image; other schedulers draw it themselves.
+    draws_step_noise = isinstance(scheduler, MMARScheduler) and temperature > 0
 
     tokens = known_tokens.float().clone()
     still_masked = to_generate.clone()
     if most_masked:
-        runner = ImageSpanRunner(model, prefix_ids.to(device), prefix_mask.to(device), use_cache)
+        runner = ImageSpanRunner(model, prefix_ids.to(device), prefix_mask.to(device), use_cache, batch_size,
+                                 token_cache_interval=token_cache_interval,
+                                 guidance_cache_interval=guidance_cache_interval)
         revealed = [0] * batch_size
         steps = range(num_iter)
         steps = tqdm(steps, disable=not show_progress, desc="masked-AR steps") if progress_bar is None else \
             progress_bar(steps)
         for step in steps:
-            repeat = rows // batch_size  # the unconditional rows see the same partial images
-            hidden = runner.hidden_states(tokens.repeat(repeat, 1, 1), still_masked.repeat(repeat, 1))
             # The next tokens in each image's own order ([n_b] each; n_b can differ between images under masks).
             leaving = [order[revealed[b]:len(order) - schedules[b][step]] for b, order in enumerate(orders)]
             counts = [len(chosen) for chosen in leaving]
+            sampled = torch.zeros_like(still_masked)
+            for b, chosen in enumerate(leaving):
+                sampled[b, chosen] = True
+            cond_hidden, uncond_hidden = runner.hidden_states(step, tokens, still_masked, sampled)
             if sum(counts):
-                cond = torch.cat([hidden[b, chosen] for b, chosen in enumerate(leaving)])
-                uncond = torch.cat([hidden[batch_size + b, chosen] for b, chosen in enumerate(leaving)]) \
+                cond = torch.cat([cond_hidden[b, chosen] for b, chosen in enumerate(leaving)])
+                uncond = torch.cat([uncond_hidden[b, chosen] for b, chosen in enumerate(leaving)]) \
                     if with_uncond else None
                 # Linear CFG grows with what each image shows (its known tokens count as revealed): one scale per row.
                 scales = [guidance_for_step(guidance_scale, guidance_schedule, num_tokens - schedules[b][step],
                                             num_tokens) for b in range(batch_size)]
                 guidance = scales[0] if len(set(scales)) == 1 else torch.tensor(
                     scales, device=device).repeat_interleave(torch.tensor(counts, device=device)).unsqueeze(-1)
+                head_steps = annealed_inference_steps(num_inference_steps, final_num_inference_steps, step, num_iter)
+                initial_noise = randomness.normal(counts, cfg.token_dim)
+                step_noise = randomness.normal_per_step(counts, cfg.token_dim, head_steps) if draws_step_noise \
+                    else None
                 new_tokens = model.diffusion_head.sample(
-                    cond, scheduler, num_inference_steps, randomness.normal(counts, cfg.token_dim),
-                    uncond_conditions=uncond, guidance_scale=guidance,
-                    generator=randomness.per_row_generators(counts), temperature=temperature).to(tokens.dtype)
+                    cond, scheduler, head_steps, initial_noise, uncond_conditions=uncond, guidance_scale=guidance,
+                    generator=None if draws_step_noise else randomness.per_row_generators(counts),
+                    temperature=temperature, step_noise=step_noise, compile_mode=compile_head).to(tokens.dtype)
                 for b, new in zip(range(batch_size), new_tokens.split(counts)):
                     tokens[b, leaving[b]] = new
                     still_masked[b, leaving[b]] = False
+            runner.mark_changed(sampled)
             revealed = [len(order) - schedules[b][step] for b, order in enumerate(orders)]
             if callback_on_step_end is not None:
                 callback_on_step_end(step, tokens.clone(), still_masked.clone())
@@ -403,4 +385,5 @@ def generate_images(
     return VaeImageProcessor(do_normalize=True).postprocess(pixels.float(), output_type=output_type)
 
 
-__all__ = ["generate_images", "cosine_masked_counts", "guidance_for_step"]
+__all__ = ["PerImageRandomness", "build_prompt_rows", "cosine_masked_counts", "generate_images",
+           "guidance_for_step"]

@@ -1,9 +1,11 @@
-"""MMARScheduler: the DDPM process of MMAR's diffusion head as a diffusers scheduler.
+"""MMARScheduler: the DDPM process of MMAR's diffusion head as a diffusers scheduler, and the head's default sampler.
 
-It is diffusers' `DDPMScheduler` with MMAR's defaults (cosine schedule, v-prediction, no clipping, respaced
+MMARScheduler is diffusers' `DDPMScheduler` with MMAR's defaults (cosine schedule, v-prediction, no clipping, respaced
 "trailing" timesteps that start at t = T - 1) plus a `temperature` that scales the noise injected at every
-reverse step (MAR's sampling temperature). Its config is a DDPM config, so `DDPMScheduler.from_config` and
-`DDIMScheduler.from_config` build equivalent schedulers from it.
+reverse step (MAR's sampling temperature). Its config is a DDPM config, so `DDPMScheduler.from_config`,
+`DDIMScheduler.from_config` and `DPMSolverMultistepScheduler.from_config` build schedulers of the same process from it.
+The model trains with it. Sampling defaults to `default_sampling_scheduler`: diffusers' DPM-Solver++ on that same
+process, which needs a tenth of the steps (README, Performance).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ try:
     from diffusers import (
         DDIMScheduler,
         DDPMScheduler,
+        DPMSolverMultistepScheduler,
         SchedulerMixin,  # noqa: F401
     )
     from diffusers.configuration_utils import register_to_config
@@ -62,7 +65,7 @@ class MMARScheduler(DDPMScheduler):
             The number of reverse steps `set_timesteps()` uses when called without a number.
     """
 
-    _compatibles = [DDPMScheduler.__name__, DDIMScheduler.__name__]
+    _compatibles = [DDPMScheduler.__name__, DDIMScheduler.__name__, DPMSolverMultistepScheduler.__name__]
 
     @register_to_config
     def __init__(
@@ -186,4 +189,19 @@ class MMARScheduler(DDPMScheduler):
         return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original)
 
 
-__all__ = ["MMARScheduler"]
+# Head steps when neither the call nor the scheduler's config (`default_num_inference_steps`) says: DPM-Solver++ at
+# 10 steps matched the 100-step DDPM head's digit-FD and judged accuracy on every model measured.
+DEFAULT_NUM_INFERENCE_STEPS = 10
+
+
+def default_sampling_scheduler(config) -> DPMSolverMultistepScheduler:
+    """The head's sampler when none is given (and the one a trained model's pipeline folder saves): diffusers'
+    DPM-Solver++ (2nd-order multistep; deterministic given the initial noise) on the `MMARConfig`'s own diffusion
+    process: its number of training steps, noise schedule and prediction type, with "trailing" respacing. It injects
+    no noise, so `temperature` needs `MMARScheduler` (DDPM) instead."""
+    return DPMSolverMultistepScheduler(num_train_timesteps=config.num_train_timesteps,
+                                       beta_schedule=config.noise_schedule, prediction_type=config.prediction_type,
+                                       timestep_spacing="trailing", algorithm_type="dpmsolver++", solver_order=2)
+
+
+__all__ = ["DEFAULT_NUM_INFERENCE_STEPS", "MMARScheduler", "default_sampling_scheduler"]

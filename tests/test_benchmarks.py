@@ -19,7 +19,7 @@ from benchmarks.sampler_bench import matched_quality, quality
 from benchmarks.subjects import randomize_head
 from benchmarks.suites import Suite
 from benchmarks.timing import Timing, ratio, side_by_side
-from modeling_mmar import MMARForConditionalGeneration
+from modeling_mmar import MMARForConditionalGeneration, MMARScheduler
 
 PROMPTS = torch.tensor([[1, 10, 11, 12, 4], [0, 1, 13, 14, 4]])  # `<bos> caption <boi>`, the second left-padded
 MASK = torch.tensor([[1, 1, 1, 1, 1], [0, 1, 1, 1, 1]])
@@ -45,7 +45,8 @@ def test_naive_loop_draws_the_optimised_samplers_images(model, guidance_scale):
     with count_calls(backbone=model.model.language_model, head=model.diffusion_head) as calls:
         optimised = model.generate(PROMPTS, attention_mask=MASK, generation_mode="image", num_iter=4,
                                    guidance_scale=guidance_scale, num_inference_steps=10, generator=generators(),
-                                   output_type="latent", show_progress=False)
+                                   scheduler=MMARScheduler.from_model_config(model.config), output_type="latent",
+                                   show_progress=False)
     torch.testing.assert_close(naive, optimised, atol=1e-5, rtol=1e-5)
     branches = 2 if guidance_scale != 1.0 else 1
     assert counter.backbone_passes == branches * 4  # the whole sequence, per branch, at every masked-AR step

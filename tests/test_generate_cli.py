@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 from test_pipeline import build_pipeline
 
+from modeling_mmar import MMARPipeline, default_sampling_scheduler
 from training.cli import main
 
 FAST = ["--num-iter", "4", "--num-inference-steps", "8", "--quiet"]
@@ -28,9 +29,12 @@ def test_generate_writes_the_pipelines_image(model_dir, tmp_path, capsys):
                  "--no-upscale", *FAST]) == 0
     assert capsys.readouterr().out.strip() == str(out)
     written = np.asarray(Image.open(out))
-    pipe.set_progress_bar_config(disable=True)
-    expected = pipe("a handwritten seven", generator=[torch.Generator().manual_seed(0)], num_iter=4,
-                    num_inference_steps=8).images[0]
+    # A folder without a scheduler/ samples with the default sampler (what `mmar train` saves there)
+    default = MMARPipeline(model=pipe.model, processor=pipe.processor,
+                           scheduler=default_sampling_scheduler(pipe.model.config))
+    default.set_progress_bar_config(disable=True)
+    expected = default("a handwritten seven", generator=[torch.Generator().manual_seed(0)], num_iter=4,
+                       num_inference_steps=8).images[0]
     assert written.shape == (8, 8) and Image.open(out).mode == "L"
     np.testing.assert_array_equal(written, np.asarray(expected))
 

@@ -21,6 +21,8 @@ from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, Auto
 
 from modeling_mmar import MMARConfig, MMARForConditionalGeneration
 from modeling_mmar.image_experts_mmar import ImageExpertRouter, image_expert_routers
+from modeling_mmar.image_span_runner_mmar import ImageSpanRunner
+from modeling_mmar.sampling_mmar import build_prompt_rows
 from processors import MMARProcessor
 from training.cli import main as mmar
 from training.collator import MMARDataCollator
@@ -218,6 +220,28 @@ def test_generation_routes_image_positions_with_and_without_the_kv_cache(kind, b
     assert not torch.allclose(untouched["image_True"], perturbed["image_True"])
     # ... and nowhere else.
     assert torch.equal(untouched["text"], perturbed["text"])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_token_cache_partial_steps_run_the_image_experts(kind, backbones):
+    """The token cache's partial step (only some span tokens through the LLM) routes them to the experts as a full
+    step does: with current keys and values both give the same states."""
+    model, processor = expert_model(backbones["qwen2"], kind)
+    perturb_experts(model, scale=0.2)
+    model.eval()
+    prompt = processor(text=["a handwritten seven"], generation_mode="image", return_tensors="pt")
+    prefix_ids, prefix_mask = build_prompt_rows(prompt["input_ids"], prompt["attention_mask"], None, None,
+                                                model.config, 1, with_uncond=False)
+    L, D = model.config.tokens_per_image, model.config.token_dim
+    tokens = torch.randn(1, L, D, generator=torch.Generator().manual_seed(0))
+    still_masked = torch.rand(1, L, generator=torch.Generator().manual_seed(1)) > 0.5
+    runner = ImageSpanRunner(model, prefix_ids, prefix_mask, True, 1, token_cache_interval=4)
+    sampled = torch.zeros(1, L, dtype=torch.bool)
+    sampled[0, [1, 5]] = True
+    with torch.no_grad():
+        full, _ = runner.hidden_states(0, tokens, still_masked)
+        partial, _ = runner.hidden_states(1, tokens, still_masked, sampled)
+    torch.testing.assert_close(partial, full, rtol=1e-5, atol=1e-5)
 
 
 def test_save_load_and_remote_code_keep_experts_and_freezing(backbones, digit_rows, tmp_path):

@@ -155,13 +155,18 @@ def test_guidance_and_negative_prompts_steer_the_images(model, prompts):
     assert (guided - constant).abs().max() > 1e-3 and (guided - steered).abs().max() > 1e-3
 
 
-def test_temperature_scales_the_head_noise(model, prompts):
+def test_temperature_scales_the_head_noise_of_the_ddpm_sampler(model, prompts):
+    ddpm = MMARScheduler.from_model_config(model.config)
+
     def run(temperature):
-        return model.generate(**prompts, **FAST, generator=seeds(1, 2), temperature=temperature, output_type="latent")
+        return model.generate(**prompts, **FAST, generator=seeds(1, 2), temperature=temperature, output_type="latent",
+                              scheduler=ddpm)
 
     cold, cold_again, warm = run(0.0), run(0.0), run(1.0)
     torch.testing.assert_close(cold, cold_again, rtol=0, atol=0)
     assert (cold - warm).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="MMARScheduler.from_model_config"):  # the default sampler injects no noise
+        model.generate(**prompts, **FAST, temperature=0.5)
 
 
 def test_ddim_and_ddpm_schedulers_plug_in(model, prompts):

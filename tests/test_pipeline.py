@@ -42,7 +42,7 @@ def test_pipeline_returns_pil_images_equal_to_model_generate(pipe):
 
     inputs = pipe.processor(text=PROMPTS, generation_mode="image", return_tensors="pt")
     direct = pipe.model.generate(**inputs, generation_mode="image", generator=seeds(1, 2), output_type="pil",
-                                 show_progress=False, **FAST)
+                                 scheduler=pipe.scheduler, show_progress=False, **FAST)
     for a, b in zip(out.images, direct):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 

@@ -18,7 +18,7 @@ from PIL import Image
 from trained_demo import trained_demo_run
 
 from modeling_mmar import MMARPipeline
-from training.app import ChatTurn, MMARAppEngine
+from training.app import ChatTurn, GenerationSettings, MMARAppEngine
 from training.data import DIGITS_QUESTION, digit_caption, first_named_digit, load_digits_dataset
 from training.inpainting_eval import heldout_digit_images
 from training.judge import get_judge
@@ -230,6 +230,16 @@ def test_words_the_model_never_saw_are_named(demo_model_dir):
     engine = MMARAppEngine.from_folder(demo_model_dir)
     assert engine.unknown_words("a handwritten dragon") == ["dragon"]
     assert engine.unknown_words("a handwritten seven") == []
+
+
+def test_a_temperature_samples_with_ddpm_since_the_default_sampler_injects_no_noise(demo_model_dir):
+    engine = MMARAppEngine.from_folder(demo_model_dir)
+    assert type(engine.request_scheduler(1.0)).__name__ == "DPMSolverMultistepScheduler"  # the folder's default
+    assert type(engine.request_scheduler(0.5)).__name__ == "MMARScheduler"
+    settings = GenerationSettings(num_images=2, num_iter=4, head_steps=5, temperature=0.5)
+    cooler = engine.generate("a handwritten seven", settings).images
+    hotter = engine.generate("a handwritten seven", GenerationSettings(**{**vars(settings), "temperature": 1.5})).images
+    assert len(cooler) == 2 and not np.array_equal(np.asarray(cooler[0]), np.asarray(hotter[0]))
 
 
 def test_the_readme_client_snippet_runs_against_the_app(served, capsys):

@@ -96,7 +96,7 @@ def test_run_logs_text_and_image_losses_and_evaluates(tiny_run):
 def test_saved_folder_loads_with_auto_classes(tiny_run):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from modeling_mmar import MMARScheduler
+    from diffusers import DPMSolverMultistepScheduler
 
     run, out = tiny_run
     model = AutoModelForImageTextToText.from_pretrained(out)
@@ -105,8 +105,12 @@ def test_saved_folder_loads_with_auto_classes(tiny_run):
     processor = AutoProcessor.from_pretrained(out)
     assert processor.num_image_tokens == model.config.tokens_per_image
     assert processor.tokenizer.get_vocab() == run.tokenizer.get_vocab()
-    scheduler = MMARScheduler.from_pretrained(out, subfolder="scheduler")
+    # the default sampler (DPM-Solver++ on the model's own diffusion process), which the pipeline then uses
+    assert json.loads((out / "scheduler" / "scheduler_config.json").read_text())["_class_name"] == \
+        "DPMSolverMultistepScheduler"
+    scheduler = DPMSolverMultistepScheduler.from_pretrained(out, subfolder="scheduler")
     assert scheduler.config.prediction_type == model.config.prediction_type
+    assert scheduler.config.beta_schedule == model.config.noise_schedule
 
 
 def test_saved_folder_loads_as_a_pipeline(tiny_run):

@@ -143,9 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--num-inference-steps", type=_positive_int, default=None, help="diffusion steps per token")
     generate.add_argument("--guidance-scale", type=_finite_float, default=3.0)
     generate.add_argument("--guidance-schedule", choices=("linear", "constant"), default="linear")
-    generate.add_argument("--temperature", type=_finite_float, default=1.0)
-    generate.add_argument("--scheduler", choices=("mmar", "ddim"), default="mmar",
-                          help="diffusion sampler of the head: the model's DDPM (mmar) or DDIM")
+    generate.add_argument("--temperature", type=_finite_float, default=1.0, help="needs --scheduler mmar")
+    generate.add_argument("--scheduler", choices=("saved", "mmar", "ddim"), default="saved",
+                          help="diffusion sampler of the head: the folder's (saved: DPM-Solver++ for folders trained "
+                               "now), MAR's DDPM (mmar, 100 steps, takes --temperature) or DDIM")
     scale = generate.add_mutually_exclusive_group()
     scale.add_argument("--upscale", type=_positive_int, default=DEFAULT_UPSCALE,
                        help=f"enlarge the saved images N times, nearest neighbour (default {DEFAULT_UPSCALE})")

@@ -102,17 +102,18 @@ def find_run_file(model_dir: Path, name: str) -> Path | None:
 
 # ------------------------------------------------------------------------------------------------ export
 def load_scheduler(model_dir: Path, model_config):
-    """The saved sampler (any diffusers scheduler class, e.g. a DDIM swap), else MMARScheduler of the model config."""
+    """The saved sampler (any diffusers scheduler class, e.g. a DDIM swap), else the default sampler of the model
+    config (`default_sampling_scheduler`)."""
     import diffusers
 
-    from modeling_mmar import MMARScheduler
+    from modeling_mmar import MMARScheduler, default_sampling_scheduler
 
     scheduler_dir = model_dir / "scheduler"
     if (scheduler_dir / "scheduler_config.json").is_file():
         class_name = json.loads((scheduler_dir / "scheduler_config.json").read_text())["_class_name"]
         scheduler_class = MMARScheduler if class_name == "MMARScheduler" else getattr(diffusers, class_name)
         return scheduler_class.from_pretrained(str(scheduler_dir))
-    return MMARScheduler.from_model_config(model_config)
+    return default_sampling_scheduler(model_config)
 
 
 def write_export(model, processor, scheduler, folder: Path, max_shard_size: str = DEFAULT_MAX_SHARD_SIZE) -> None:

@@ -26,7 +26,8 @@ def load_pipeline(model_dir: str, device: str | None = None, dtype: str = "float
 
     import modeling_mmar
     import processors  # noqa: F401  (registers the Auto classes)
-    from modeling_mmar import MMARPipeline, MMARScheduler
+    from modeling_mmar import MMARPipeline
+    from training.export import load_scheduler
 
     folder = Path(model_dir)
     if not folder.is_dir():
@@ -39,9 +40,7 @@ def load_pipeline(model_dir: str, device: str | None = None, dtype: str = "float
         if not isinstance(model, modeling_mmar.MMARForConditionalGeneration) and not trust_remote_code:
             raise CommandError(f"--model {model_dir} does not hold an MMAR model (got {type(model).__name__})")
         processor = AutoProcessor.from_pretrained(folder, trust_remote_code=trust_remote_code)
-        scheduler_dir = folder / "scheduler"
-        scheduler = (MMARScheduler.from_pretrained(scheduler_dir) if scheduler_dir.is_dir()
-                     else MMARScheduler.from_model_config(model.config))
+        scheduler = load_scheduler(folder, model.config)  # the saved one, else the default sampler
         pipe = MMARPipeline(model=model, processor=processor, scheduler=scheduler)
     pipe.model.eval()
     if device is None:
@@ -60,9 +59,16 @@ def output_paths(output: str, count: int) -> list[Path]:
 def run_generate(args: argparse.Namespace) -> int:
     from diffusers import DDIMScheduler
 
+    from modeling_mmar import MMARScheduler
+
     pipe = load_pipeline(args.model, args.device, args.dtype, args.trust_remote_code)
     if args.scheduler == "ddim":
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    elif args.scheduler == "mmar":
+        pipe.scheduler = MMARScheduler.from_model_config(pipe.model.config)
+    if args.temperature != 1.0 and not isinstance(pipe.scheduler, MMARScheduler):
+        raise CommandError(f"--temperature {args.temperature} scales the noise of MAR's DDPM sampler; the "
+                           f"{type(pipe.scheduler).__name__} sampler injects none: add --scheduler mmar")
     count = len(args.prompt) * args.num_images
     # One generator per image, seeded seed, seed+1, ...: every image can be reproduced on its own.
     generators = [torch.Generator().manual_seed(args.seed + i) for i in range(count)]

@@ -346,7 +346,7 @@ def save_trained(run: TrainingRun, output_dir: str | Path) -> None:
     processor at the top (transformers layout), the scheduler in `scheduler/`, and the pipeline's
     `model_index.json` (diffusers loads a component from the top folder when it has no subfolder of its own).
     Beside them: `log_history.json` and `loss.png`. Only the main process writes."""
-    from modeling_mmar import MMARPipeline, MMARScheduler
+    from modeling_mmar import MMARPipeline, default_sampling_scheduler
 
     run.trainer.save_model(str(output_dir))  # every process: sharded engines gather the weights
     if not run.trainer.is_world_process_zero():
@@ -355,7 +355,7 @@ def save_trained(run: TrainingRun, output_dir: str | Path) -> None:
     # safetensors and JSON only (checkpoints keep the pickle Trainer needs to resume).
     Path(output_dir, "training_args.bin").unlink(missing_ok=True)
     Path(output_dir, "training_args.json").write_text(run.trainer.args.to_json_string(), encoding="utf-8")
-    scheduler = MMARScheduler.from_model_config(run.model.config)
+    scheduler = default_sampling_scheduler(run.model.config)  # the fast sampler the pipeline then defaults to
     scheduler.save_pretrained(os.path.join(output_dir, "scheduler"))
     MMARPipeline(model=run.model, processor=run.processor, scheduler=scheduler).save_config(str(output_dir))
     history = run.trainer.state.log_history

@@ -113,7 +113,7 @@ class GenerationSettings:
     seed: int = 0
     guidance_scale: float = 3.0
     num_iter: int = 16
-    head_steps: int = 50
+    head_steps: int = 10  # the default sampler's (DPM-Solver++) steps
     temperature: float = 1.0
 
     def checked(self, tokens_per_image: int) -> GenerationSettings:
@@ -194,11 +194,22 @@ class MMARAppEngine:
                 **inputs, **extra, generation_mode="image", num_images_per_prompt=settings.num_images,
                 num_iter=settings.num_iter, guidance_scale=float(settings.guidance_scale),
                 temperature=float(settings.temperature), num_inference_steps=settings.head_steps,
-                scheduler=copy.deepcopy(self.scheduler) if self.scheduler is not None else None,
+                scheduler=self.request_scheduler(float(settings.temperature)),
                 generator=[torch.Generator().manual_seed(seed) for seed in seeds], output_type="pil",
                 show_progress=False, progress_bar=progress,
             )
         return Generated(images=list(images), seeds=seeds, unknown_words=self.unknown_words(prompt))
+
+    def request_scheduler(self, temperature: float):
+        """A copy of the folder's sampler for one request (None: the model's default, DPM-Solver++). A temperature
+        other than 1 scales the noise a DDPM step injects, which DPM-Solver++ has none of: those requests sample with
+        MAR's DDPM (`MMARScheduler`) on the model's diffusion process instead."""
+        scheduler = self.scheduler
+        if temperature != 1.0 and type(scheduler).__name__ != "MMARScheduler":
+            package = type(self.model).__module__.rpartition(".")[0]  # modeling_mmar or transformers_modules.<folder>
+            return importlib.import_module(f"{package}.scheduling_mmar").MMARScheduler.from_model_config(
+                self.model.config)
+        return copy.deepcopy(scheduler) if scheduler is not None else None
 
     # ------------------------------------------------------------------------------------------ inpainting helpers
     def pixel_values(self, image: Image.Image) -> torch.Tensor:

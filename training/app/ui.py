@@ -139,7 +139,7 @@ class MMARApp:
             num_iter = labelled(gr.Slider(1, engine.tokens_per_image, value=engine.default_num_iter, step=1,
                                           label=f"Masked-AR steps (num_iter, up to {engine.tokens_per_image} "
                                                 "image tokens)"))
-            head_steps = labelled(gr.Slider(1, MAX_HEAD_STEPS, value=50, step=1,
+            head_steps = labelled(gr.Slider(1, MAX_HEAD_STEPS, value=GenerationSettings.head_steps, step=1,
                                             label="Head steps (diffusion steps per token)"))
             temperature = labelled(gr.Slider(0.0, MAX_TEMPERATURE, value=1.0, step=0.05, label="Temperature"))
         return [num_images, seed, guidance, num_iter, head_steps, temperature]
