@@ -169,3 +169,12 @@ def test_every_variant_builds_trains_and_is_reported_on_a_tiny_config(tmp_path):
     written = json.loads((tmp_path / "results.json").read_text())
     assert written["verdicts"]["v_vs_eps"] and "step_timing" in written
     assert "Claim 1" in (tmp_path / "results.md").read_text()
+
+
+def test_the_mnist_vae_config_resolves_for_every_variant():
+    base = load_config(CONFIG_DIR / "mnist.yaml", ["model.vae=some/vae/folder"])
+    settings = RunSettings(steps=3000, evaluation={"seeds_per_digit": 2})
+    for variant in VARIANTS:
+        config = resolve_config(base, variant, 1, settings)
+        assert "vae_training" not in config and config["data"]["cache_image_tokens"] is True
+        assert config["data"]["dataset"] == "mnist" and config["mask_schedule"]["stage2_start_step"] in (1500, None)
