@@ -40,9 +40,10 @@ def x0_from_prediction(prediction: torch.Tensor, noisy: torch.Tensor, alpha_bar:
 
 def default_timesteps(num_train_timesteps: int = 1000, count: int = 25) -> list[int]:
     """Timesteps across [0, T): denser near T - 1, where alphabar -> 0 and epsilon's x0 estimate blows up."""
-    # Evenly spaced in log(T - t) so that the last few steps before T - 1 are all there.
+    # Evenly spaced in log(T - t), so that the last few steps before T - 1 are all there, plus every tenth of [0, T).
     gaps = np.unique(np.round(np.geomspace(1, num_train_timesteps, count)).astype(int))
-    return sorted({int(num_train_timesteps - g) for g in gaps})
+    even = np.arange(0, num_train_timesteps, max(1, num_train_timesteps // 10))
+    return sorted({int(num_train_timesteps - g) for g in gaps} | {int(t) for t in even})
 
 
 @torch.no_grad()
@@ -113,28 +114,35 @@ def heldout_conditions(model, processor, heldout, max_images: int = 200, seed: i
 
 
 def plot_x0_error(curves: dict[str, dict], path: str, title: str) -> None:
-    """RMS bf16-vs-float64 x0 error against t (log y), one line per head; `curves` maps a label to a result of
-    `x0_estimate_error` (dashed when the label says fp32)."""
+    """Left: the RMS bf16-vs-float64 x0 error against t (log y), one line per head; right: the float64 head's x0
+    RMSE against the clean tokens (how well it denoises; its learning error carried through the same formula).
+    `curves` maps a label to a result of `x0_estimate_error` (dashed when the label says fp32)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     colors = {"v": "tab:blue", "eps": "tab:red", "x0": "tab:green"}
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for label, curve in curves.items():
-        color = next((c for key, c in colors.items() if label.startswith(key)), None)
-        errors = np.maximum(np.asarray(curve["rms_error"]), 1e-12)  # an exact 0 cannot sit on a log axis
-        ax.plot(curve["timesteps"], errors, marker="o", markersize=3, color=color,
-                linestyle="--" if "fp32" in label else "-", label=label)
-    ax.set_yscale("log")
-    ax.set_xlabel("diffusion timestep t (T = 1000; alphabar -> 0 as t -> T)")
-    ax.set_ylabel("RMS |x0 estimate in bf16 - float64|")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    panels = (("rms_error", "RMS |x0 estimate, head in bf16 - in float64|"),
+              ("rms_denoising_error", "RMS |x0 estimate of the float64 head - clean x0|"))
+    for ax, (key, ylabel) in zip(axes, panels):
+        for label, curve in curves.items():
+            color = next((c for name, c in colors.items() if label.startswith(name)), None)
+            shown = np.maximum(np.asarray(curve[key]), 1e-12)  # an exact 0 cannot sit on a log axis
+            ax.plot(curve["timesteps"], shown, marker="o", markersize=3, color=color,
+                    linestyle="--" if "fp32" in label else "-", label=label)
+        if key == "rms_denoising_error":
+            ax.axhline(curves[next(iter(curves))]["rms_clean"][0], color="gray", linestyle=":",
+                       label="RMS of the clean tokens")
+        ax.set_yscale("log")
+        ax.set_xlabel("diffusion timestep t (T = 1000; alphabar -> 0 as t -> T)")
+        ax.set_ylabel(ylabel, fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 

@@ -159,10 +159,11 @@ def markdown(results: dict) -> str:
         row.append(cell(results, row[0], "judge_accuracy_on_quantised_heldout", "{:.1%}") if row[0] != "v-fp32"
                    else f"{results['judge']['judge_heldout_accuracy']:.1%} (the originals)")
     lines += _table(["variant", *(labels[m] for m in cols), "judge on quantised held-out digits"], rows)
+    lines.append("")
     vq_runs = results["variants"].get("vq-256", {}).get("runs", {})
     if vq_runs:
         run = next(iter(vq_runs.values()))
-        lines += ["", f"Codebook: k-means, {run.get('codebook_size')} codewords of dimension {run.get('codebook_dim')} "
+        lines += [f"Codebook: k-means, {run.get('codebook_size')} codewords of dimension {run.get('codebook_dim')} "
                   f"learnt on the training images' tokens; token RMS quantisation error {run.get('vq_token_rmse', 0):.3f}."
                   " The VQ model understands and generates from quantised tokens with the same diffusion head "
                   "(generated tokens snapped to the codebook before decoding): a VQ tokenizer control, not Show-o's "
