@@ -3,6 +3,8 @@
 YAML metadata (license, `library_name`, `pipeline_tag`, tags, datasets, `base_model` and a `model-index` built from
 the run's metrics.json), the sample grid, the evaluation table and runnable usage snippets (AutoModel + generate in
 both directions, MMARPipeline) that load the model from `repo_id` (or from the folder itself when there is none).
+When the folder holds the app (`app.py`, written by `mmar export`), the card also carries the Hugging Face Space keys
+in its front matter (`sdk: gradio`, `app_file: app.py`, ...), a screenshot of the app and the link to the Space.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from safetensors import safe_open
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "model_card_template.md"
 SAMPLES_IMAGE = "samples.png"
+APP_FILE = "app.py"
 TAGS = ["mmar", "custom_code", "multimodal", "text-to-image", "image-to-text", "image-generation", "diffusion",
         "masked-autoregressive"]
 
@@ -129,6 +132,10 @@ def render_model_card(
     datasets: list[str] | None = None,
     example_prompt: str | None = None,
     example_question: str | None = None,
+    space_id: str | None = None,
+    app_screenshot: str | None = None,
+    app_screenshot_is_demo: bool = False,
+    space_metadata: dict | None = None,
     save: bool = True,
 ) -> ModelCard:
     """Render (and by default save as `export_dir/README.md`) the model card of an exported MMAR folder.
@@ -143,6 +150,10 @@ def render_model_card(
         license, datasets: card metadata (datasets default to the digits for a digits run).
         example_prompt, example_question: texts used in the snippets (default: metrics["examples"], else the
             digits' caption / question).
+        space_id: Hub id of the Gradio Space that runs this folder's app.py (the card links it).
+        app_screenshot: file name (in export_dir) of a screenshot of the app, shown on the card;
+            app_screenshot_is_demo says it was taken on the digits demo model, not on this one.
+        space_metadata: the Space's front-matter keys (sdk, sdk_version, app_file, title, ...).
     """
     export_dir = Path(export_dir)
     config_path = export_dir / "config.json"
@@ -160,6 +171,9 @@ def render_model_card(
     model_id = model_id or repo_id or str(export_dir.resolve())
     model_name = model_id.rstrip("/").split("/")[-1]
 
+    has_app = (export_dir / APP_FILE).is_file()
+    if app_screenshot is not None and not (export_dir / app_screenshot).is_file():
+        raise ValueError(f"app_screenshot {app_screenshot!r} is not a file in {str(export_dir)!r}")
     card_data = ModelCardData(
         license=license,
         library_name="transformers",
@@ -169,6 +183,7 @@ def render_model_card(
         base_model=base_model,
         model_name=model_name,
         eval_results=_eval_results(metrics, dataset) or None,
+        **(space_metadata if has_app and space_metadata else {}),
     )
     text_config = config.get("text_config") or {}
     vae = config.get("vae_config")
@@ -205,6 +220,10 @@ def render_model_card(
         example_question=example_question or examples.get("example_question")
         or ("What digit is this?" if digits else "What is in the image?"),
         example_image_code=DIGITS_IMAGE_CODE if digits else GENERIC_IMAGE_CODE,
+        app_file=APP_FILE if has_app else None,
+        space_id=space_id,
+        app_screenshot=app_screenshot,
+        app_screenshot_is_demo=app_screenshot_is_demo,
         **evaluation,
     )
     if save:

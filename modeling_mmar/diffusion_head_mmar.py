@@ -20,6 +20,22 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int = 256, max_period: int 
     return emb
 
 
+def per_image_diffusion_draws(generators: list[torch.Generator], image_mask: torch.Tensor, batch_mul: int,
+                               token_dim: int, num_train_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Timesteps [batch_mul * M] and noise [batch_mul * M, D] for the M masked tokens of `image_mask` [N, L] (image
+    order), for `MMARDiffusionHead.loss`: image i draws [batch_mul, L] timesteps, then [batch_mul, L, D] noise, from
+    `generators[i]` and keeps its masked tokens. An image's draws then depend on its generator alone, not on the other
+    images of the batch, the process it lands on, or which of its own tokens are masked."""
+    length = image_mask.shape[1]
+    timesteps, noise = [], []
+    for generator, mask in zip(generators, image_mask.bool()):
+        mask = mask.to(generator.device)
+        timesteps.append(torch.randint(0, num_train_timesteps, (batch_mul, length), generator=generator,
+                                       device=generator.device)[:, mask])
+        noise.append(torch.randn((batch_mul, length, token_dim), generator=generator, device=generator.device)[:, mask])
+    return torch.cat(timesteps, dim=1).reshape(-1), torch.cat(noise, dim=1).reshape(-1, token_dim)
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale) + shift
 
@@ -123,18 +139,29 @@ class MMARDiffusionHead(nn.Module):
         return self.final_layer(x, y).reshape(*lead, self.token_dim)
 
     def loss(self, conditions: torch.Tensor, targets: torch.Tensor, scheduler, batch_mul: int = 1,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
+             timesteps: torch.Tensor | None = None) -> torch.Tensor:
         """
         MSE of the head's prediction for clean tokens `targets` [M, D] given LLM states `conditions` [M, H]. Each
         token is drawn `batch_mul` times with a fresh uniform timestep and noise (from `generator` when given, so
-        that an evaluation loss is a function of its inputs) while the LLM ran once. The regression target is the
-        scheduler's `prediction_type`: v = alpha_t * noise - sigma_t * x0, the noise, or x0.
+        that an evaluation loss is a function of its inputs) while the LLM ran once. As in diffusers' training loops,
+        `noise` [batch_mul * M, D] and `timesteps` [batch_mul * M] may be given instead (copy k of every token in
+        rows k*M .. (k+1)*M - 1). The regression target is the scheduler's `prediction_type`: v = alpha_t * noise -
+        sigma_t * x0, the noise, or x0.
         """
         clean = targets.float().repeat(batch_mul, 1)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (clean.shape[0],), generator=generator,
-                                  device=generator.device if generator is not None else clean.device).to(clean.device)
-        noise = torch.randn(clean.shape, generator=generator, dtype=clean.dtype,
-                            device=generator.device if generator is not None else clean.device).to(clean.device)
+        if (noise is None) != (timesteps is None):
+            raise ValueError("pass both noise and timesteps, or neither")
+        if noise is None:
+            draw_device = generator.device if generator is not None else clean.device
+            timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (clean.shape[0],), generator=generator,
+                                      device=draw_device)
+            noise = torch.randn(clean.shape, generator=generator, dtype=clean.dtype, device=draw_device)
+        elif noise.shape != clean.shape or timesteps.shape != clean.shape[:1]:
+            raise ValueError(f"noise {tuple(noise.shape)} and timesteps {tuple(timesteps.shape)} must be "
+                             f"{tuple(clean.shape)} and {tuple(clean.shape[:1])} (batch_mul={batch_mul} copies of "
+                             f"{targets.shape[0]} tokens)")
+        noise, timesteps = noise.to(clean.device, clean.dtype), timesteps.to(clean.device)
         noisy = scheduler.add_noise(clean, noise, timesteps)
         prediction_type = scheduler.config.prediction_type
         if prediction_type == "v_prediction":
@@ -143,7 +170,9 @@ class MMARDiffusionHead(nn.Module):
             target = noise
         else:
             target = clean
-        noisy = noisy.to(self.input_proj.weight.dtype)
+        # The dtype from the parameter object: reading `self.input_proj.weight` outside a forward would make DeepSpeed
+        # ZeRO-3 gather that one weight on this process alone.
+        noisy = noisy.to(next(self.parameters()).dtype)
         # Embedding the M states once serves all `batch_mul` copies (copy k is rows k*M .. (k+1)*M - 1).
         condition_embedding = self.embed_condition(conditions)
         if self.gradient_checkpointing and torch.is_grad_enabled():

@@ -62,6 +62,7 @@ class MMARGenerationMixin(GenerationMixin):
                     )
                 self._check_text_generation_fits(prompt, generation_config, kwargs)
             self._suppress_image_special_tokens(generation_config, kwargs)
+            self._encode_image_tokens_once(kwargs)
             return super().generate(inputs, generation_config, *args, **kwargs)
 
         if args or generation_config is not None:
@@ -102,6 +103,18 @@ class MMARGenerationMixin(GenerationMixin):
             requested = (generation_config or self.generation_config).suppress_tokens
         kwargs["suppress_tokens"] = sorted(set(requested or ()) | image_ids)
 
+    def _encode_image_tokens_once(self, kwargs) -> None:
+        # GenerationMixin encodes `pixel_values` once before prefill (get_image_features -> mm_encoder_outputs, then
+        # regrouped for beam search); images given as clean tokens are encoded the same way here.
+        image_tokens = kwargs.pop("image_tokens", None)
+        if image_tokens is None:
+            return
+        if kwargs.get("pixel_values") is not None:
+            raise ValueError("Pass images either as pixel_values or as image_tokens, not both")
+        features = self.get_image_features(image_tokens=image_tokens, image_mask=kwargs.pop("image_mask", None),
+                                           return_dict=True)
+        kwargs["mm_encoder_outputs"] = {**(kwargs.get("mm_encoder_outputs") or {}), "image": features}
+
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def prepare_inputs_for_generation(
         self,
@@ -132,11 +145,6 @@ class MMARGenerationMixin(GenerationMixin):
             **kwargs,
         )
         model_inputs.pop("token_type_ids", None)  # forward finds the image spans in input_ids itself
-        if not is_first_iteration and kwargs.get("use_cache", True):
-            # The images live in the cache after prefill; GenerationMixin drops `pixel_values` itself, but not
-            # MMAR's other image inputs, which would otherwise be resent with every new token.
-            model_inputs.pop("image_tokens", None)
-            model_inputs.pop("image_mask", None)
         return model_inputs
 
     @staticmethod
@@ -155,25 +163,6 @@ class MMARGenerationMixin(GenerationMixin):
             position_ids=position_ids,
             block_sequence_ids=block_sequence_ids,
         )
-
-    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
-        # GenerationMixin repeats every tensor row-wise; pixel_values holds images (any number per row), so repeat
-        # each row's own images instead (beam search, num_return_sequences).
-        pixel_values = model_kwargs.pop("pixel_values", None)
-        if pixel_values is not None and expand_size > 1 and input_ids is not None:
-            is_image = input_ids == self.config.image_token_id
-            starts = is_image & ~torch.nn.functional.pad(is_image, (1, 0), value=False)[:, :-1]
-            counts = starts.sum(-1).tolist()
-            offsets = [sum(counts[:row]) for row in range(len(counts))]
-            index = [offsets[row] + i for row in range(len(counts)) for _ in range(expand_size)
-                     for i in range(counts[row])]
-            pixel_values = pixel_values[torch.tensor(index, dtype=torch.long, device=pixel_values.device)]
-        input_ids, model_kwargs = super()._expand_inputs_for_generation(
-            expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **model_kwargs
-        )
-        if pixel_values is not None:
-            model_kwargs["pixel_values"] = pixel_values
-        return input_ids, model_kwargs
 
 
 __all__ = ["MMARGenerationMixin"]

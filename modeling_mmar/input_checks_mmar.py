@@ -133,14 +133,14 @@ def check_fits_positions(total_length: int, max_positions: int | None, what: str
         )
 
 
-def check_generator(generator, batch_size: int) -> None:
+def check_generator(generator, batch_size: int, what: str = "images are generated") -> None:
     if generator is None or isinstance(generator, torch.Generator):
         return
     if isinstance(generator, (list, tuple)):
         if len(generator) != batch_size:
             raise ValueError(
-                f"generator is a list of {len(generator)} generators but {batch_size} images are generated; pass "
-                "one generator per prompt (per image) (or a single one)"
+                f"generator is a list of {len(generator)} generators but {batch_size} {what}; pass "
+                "one generator per image (or a single one)"
             )
         if all(isinstance(g, torch.Generator) for g in generator):
             return

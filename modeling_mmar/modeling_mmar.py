@@ -1,92 +1,48 @@
 """MMAR: one decoder-only LLM over text and continuous image tokens, with a per-token MLP diffusion head."""
 
 import os
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_utils import local_torch_dtype
 from transformers.masking_utils import create_masks_for_generate as _create_masks
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.utils import can_return_tuple
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, can_return_tuple, logging
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_mmar import MMARConfig
-from .diffusion_head_mmar import MMARDiffusionHead
+from .diffusion_head_mmar import MMARDiffusionHead, per_image_diffusion_draws
 from .embedder_mmar import MMARImageEmbedder
 from .generation_mmar import MMARGenerationMixin
+from .image_features_mmar import (count_image_spans, encode_image_features, image_features_from_encoder_outputs,
+                                  image_positions_in, span_block_ids)
 from .input_checks_mmar import (
+    check_generator,
     check_labels,
     check_sequence,
     embedding_rows,
     resolve_pretrained_path,
     shareable_permissions,
 )
+from .outputs_mmar import MMARCausalLMOutputWithPast, MMARImageFeaturesOutput, MMARModelOutputWithPast  # noqa: F401
 
 if TYPE_CHECKING:  # never run: diffusers copies only the modules a remote-code file names itself
     from .sampling_mmar import generate_images  # noqa: F401
-from .image_tokens_mmar import (
-    check_image_mask,
-    check_image_spans,
-    check_image_tokens,
-    check_pixel_values,
-    image_block_ids,
-    patchify,
-    unpatchify,
-)
+from .image_tokens_mmar import check_image_mask, check_pixel_values, patchify, unpatchify
+
+logger = logging.get_logger(__name__)
+
+# Eval-mode forwards without a `generator` draw the diffusion loss's timesteps and noise from a generator seeded with
+# this, so that evaluation losses are reproducible and comparable between checkpoints.
+EVAL_DIFFUSION_SEED = 0
 
 try:  # the VAE is optional (pixel-patch tokens need none); keeps remote code importable without diffusers
     from diffusers import AutoencoderKL
 except ImportError:  # pragma: no cover
     AutoencoderKL = None
-
-
-@dataclass
-class MMARModelOutputWithPast(BaseModelOutputWithPast):
-    r"""
-    Args:
-        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
-            Hidden states of the LLM's last layer, at text and image positions alike.
-        cache (`Cache`, *optional*, returned when `use_cache=True`):
-            The LLM's key/value cache, image spans included.
-        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
-            The embeddings and each layer's output, each `(batch_size, sequence_length, hidden_size)`.
-        attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True`):
-            Each layer's attention weights, `(batch_size, num_heads, sequence_length, sequence_length)`.
-        image_tokens (`torch.FloatTensor` of shape `(num_images, tokens_per_image, token_dim)`, *optional*):
-            The clean continuous image tokens of the images in the input (before masking).
-    """
-
-    image_tokens: torch.FloatTensor | None = None
-
-
-@dataclass
-class MMARCausalLMOutputWithPast(CausalLMOutputWithPast):
-    r"""
-    Args:
-        loss (`torch.FloatTensor` of shape `(1,)`, *optional*, returned when `labels` or `image_mask` is given):
-            `text_loss + image_loss_weight * image_loss` (whichever are present).
-        logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`):
-            Scores of the language-modeling head.
-        cache (`Cache`, *optional*, returned when `use_cache=True`):
-            The LLM's key/value cache, image spans included.
-        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
-            The embeddings and each layer's output, each `(batch_size, sequence_length, hidden_size)`.
-        attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True`):
-            Each layer's attention weights, `(batch_size, num_heads, sequence_length, sequence_length)`.
-        text_loss (`torch.FloatTensor` of shape `(1,)`, *optional*, returned when `labels` is given):
-            Next-token cross-entropy on `labels`.
-        image_loss (`torch.FloatTensor` of shape `(1,)`, *optional*, returned when `image_mask` masks tokens):
-            The diffusion head's MSE over the masked image tokens.
-        image_tokens (`torch.FloatTensor` of shape `(num_images, tokens_per_image, token_dim)`, *optional*):
-            The clean continuous image tokens of the images in the input (before masking).
-    """
-
-    text_loss: torch.FloatTensor | None = None
-    image_loss: torch.FloatTensor | None = None
-    image_tokens: torch.FloatTensor | None = None
 
 
 # Remote-code auto_map entries that `save_pretrained` adds beside the ones transformers writes itself.
@@ -109,9 +65,14 @@ class MMARPreTrainedModel(PreTrainedModel):
     # FlashAttention only honours a 2D padding mask: the bidirectional image spans would be silently lost.
     _supports_flash_attn = False
     _can_compile_fullgraph = False
-    _keep_in_fp32_modules_strict = ["vae"]
+    _keep_in_fp32_modules_strict = ["vae"]  # dropped by __init__ for pixel-patch models, which have no VAE
     # The diffusion MSE is a per-batch mean: let Trainer divide by gradient-accumulation steps itself.
     accepts_loss_kwargs = False
+
+    def __init__(self, config: MMARConfig, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        if config.vae_config is None:  # no module of that name: nothing to keep in fp32
+            self._keep_in_fp32_modules_strict = []
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -160,7 +121,8 @@ class MMARModel(MMARPreTrainedModel):
         if config.vae_config is not None:
             if AutoencoderKL is None:
                 raise ImportError("vae_config is set but diffusers is not installed: pip install diffusers")
-            self.vae = AutoencoderKL(**config.vae_config)
+            with local_torch_dtype(torch.float32):  # a frozen fp32 tokenizer, whatever dtype the model is built in
+                self.vae = AutoencoderKL(**config.vae_config)
         else:
             self.vae = None
         self.freeze_image_tokenizer()
@@ -223,9 +185,25 @@ class MMARModel(MMARPreTrainedModel):
         vae_dtype = next(self.vae.parameters()).dtype
         return self.vae.decode(latents.to(vae_dtype)).sample.float()
 
-    def get_image_features(self, pixel_values: torch.Tensor, image_mask: torch.Tensor | None = None):
-        """Embeddings of the images' token spans at the LLM width: [N, tokens_per_image, hidden]."""
-        return self.image_embedder(self.encode_images(pixel_values), image_mask)
+    @can_return_tuple
+    def get_image_features(self, pixel_values: torch.Tensor | None = None, image_mask: torch.Tensor | None = None,
+                           image_tokens: torch.Tensor | None = None, **kwargs) -> MMARImageFeaturesOutput:
+        r"""
+        The images as the LLM reads them: `pooler_output` [N, tokens_per_image, hidden] replaces their `<img>`
+        spans (`MMARImageFeaturesOutput`; `generate` encodes prompt images once through this method).
+
+        pixel_values: images in [-1, 1], [N, C, H, W]; or image_tokens: their clean continuous tokens [N, L, D].
+        image_mask: bool [N, tokens_per_image], True = replaced by the mask embedding.
+        output_hidden_states / output_attentions: the image embedder's (default: the config's).
+        """
+        return encode_image_features(self, pixel_values, image_tokens, image_mask,
+                                     kwargs.get("output_hidden_states", self.config.output_hidden_states),
+                                     kwargs.get("output_attentions", self.config.output_attentions))
+
+    def get_placeholder_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """Bool [batch, seq]: the `<img>` positions, from `input_ids`, else from the `<img>` embedding in
+        `inputs_embeds` (as transformers' VLMs find image tokens in embedded inputs)."""
+        return image_positions_in(input_ids, inputs_embeds, self.get_input_embeddings(), self.config.image_token_id)
 
     def _image_span_masks(self, inputs_embeds, attention_mask, cache, position_ids, block_ids):
         """Causal text + bidirectional image spans, built for the attention implementation the layers use."""
@@ -263,59 +241,53 @@ class MMARModel(MMARPreTrainedModel):
         pixel_values: torch.FloatTensor | None = None,
         image_tokens: torch.FloatTensor | None = None,
         image_mask: torch.BoolTensor | None = None,
+        mm_encoder_outputs: dict | None = None,
         use_cache: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> MMARModelOutputWithPast:
         r"""
-        pixel_values: images in [-1, 1], one per image span (`<img>` x tokens_per_image) of `input_ids`, in order.
+        pixel_values: images in [-1, 1], one per image span (`<img>` x tokens_per_image) of the sequence, in order.
         image_tokens: the same images given as clean continuous tokens instead of pixels (used by the sampler).
+        mm_encoder_outputs: {"image": get_image_features(...)}, images encoded beforehand (as `generate` does).
         image_mask: bool [num_images, tokens_per_image]; True replaces the token by the mask embedding.
+
+        The image spans are found in `input_ids`, or in `inputs_embeds` as the embedding of `<img>`. With images,
+        each span attends to itself bidirectionally. Without images, `<img>` tokens are ordinary (causal) tokens
+        with their own embedding, as transformers' VLMs treat image placeholders when no images come.
         """
         cfg = self.config
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
-        if pixel_values is not None and image_tokens is not None:
-            raise ValueError("Pass images either as pixel_values or as image_tokens, not both")
-        has_images = pixel_values is not None or image_tokens is not None
+        features = (mm_encoder_outputs or {}).get("image")
+        given = [name for name, value in (("pixel_values", pixel_values), ("image_tokens", image_tokens),
+                                          ("mm_encoder_outputs", features)) if value is not None]
+        if len(given) > 1:
+            raise ValueError(f"Pass images once, as pixel_values, image_tokens or mm_encoder_outputs; got {given}")
         check_sequence(input_ids, inputs_embeds, attention_mask, position_ids, cache,
                        embedding_rows(self.get_input_embeddings()),
                        getattr(cfg.get_text_config(), "max_position_embeddings", None))
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
-        elif has_images:
-            raise ValueError("Images need input_ids (to find their <img> spans); inputs_embeds was given instead")
 
         block_ids = None
-        if input_ids is not None:
-            num_spans = check_image_spans(input_ids, cfg.image_token_id, cfg.tokens_per_image)
-            if num_spans and not has_images:
-                raise ValueError(
-                    f"input_ids holds {num_spans} image span(s) but no pixel_values (or image_tokens) were given"
-                )
-            if has_images:
-                if pixel_values is not None:
-                    check_pixel_values(pixel_values, cfg.num_channels, cfg.image_size)
-                    image_tokens = self.encode_images(pixel_values)
-                else:
-                    check_image_tokens(image_tokens, cfg.tokens_per_image, cfg.token_dim)
-                if image_tokens.shape[0] != num_spans:
-                    raise ValueError(
-                        f"Got {image_tokens.shape[0]} image(s) but input_ids holds {num_spans} image span(s); "
-                        "pass exactly one image per image token of the processor's text"
-                    )
-                if image_mask is not None:
-                    check_image_mask(image_mask, num_spans, cfg.tokens_per_image)
-                    self._check_image_loss_not_bypassed(image_mask)
-                image_embeds = self.image_embedder(image_tokens, image_mask).to(inputs_embeds.dtype)
-                positions = (input_ids == cfg.image_token_id).unsqueeze(-1).expand_as(inputs_embeds)
-                inputs_embeds = inputs_embeds.masked_scatter(positions, image_embeds.reshape(-1))
-            elif image_mask is not None:
-                raise ValueError("image_mask was given without images")
-            if num_spans:
-                block_ids = image_block_ids(input_ids, cfg.image_token_id)
-                past_length = cache.get_seq_length() if cache is not None else 0
-                if past_length:
-                    block_ids = nn.functional.pad(block_ids, (past_length, 0), value=-1)
+        image_positions = self.get_placeholder_mask(input_ids, inputs_embeds)
+        num_spans = count_image_spans(image_positions, cfg.tokens_per_image, cfg.image_token_id) if given else 0
+        if given:
+            if features is None:
+                features = self.get_image_features(pixel_values=pixel_values, image_tokens=image_tokens,
+                                                   image_mask=image_mask, return_dict=True)
+            image_embeds, image_tokens = image_features_from_encoder_outputs(features, num_spans)
+            if image_mask is not None:
+                check_image_mask(image_mask, num_spans, cfg.tokens_per_image)
+                self._check_image_loss_not_bypassed(image_mask)
+            inputs_embeds = inputs_embeds.masked_scatter(image_positions.unsqueeze(-1).expand_as(inputs_embeds),
+                                                         image_embeds.to(inputs_embeds.dtype).reshape(-1))
+            block_ids = span_block_ids(image_positions, cache.get_seq_length() if cache is not None else 0)
+        elif image_mask is not None:
+            raise ValueError("image_mask was given without images")
+        elif image_positions.any():
+            logger.warning_once("The sequence holds <img> tokens but no images were given: they are read as ordinary "
+                                "text tokens (pass pixel_values or image_tokens to fill the image spans)")
 
         return self.forward_embedded(inputs_embeds, attention_mask, position_ids, cache, block_ids, use_cache,
                                      image_tokens=image_tokens, **kwargs)
@@ -342,6 +314,8 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
     """MMAR with the LM head (text) and the diffusion head (images). One forward gives both losses."""
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    # The backbone's plan shards embed_tokens over the vocabulary; the head (tied to it or not) is sharded alike.
+    _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config: MMARConfig):
         super().__init__(config)
@@ -395,6 +369,9 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings
 
+    def get_image_features(self, pixel_values=None, image_mask=None, image_tokens=None, **kwargs):
+        return self.model.get_image_features(pixel_values, image_mask=image_mask, image_tokens=image_tokens, **kwargs)
+
     @property
     def noise_scheduler(self):
         """The training-time diffusion process, an `MMARScheduler` (built lazily: model init may run on the meta
@@ -406,10 +383,18 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
         return self._noise_scheduler
 
     def diffusion_loss(self, conditions: torch.Tensor, targets: torch.Tensor,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """The head's loss on tokens `targets` [M, D] given LLM states `conditions` [M, H] (`MMARDiffusionHead.loss`)."""
-        return self.diffusion_head.loss(conditions, targets, self.noise_scheduler, self.config.diffusion_batch_mul,
-                                        generator=generator)
+                       generator: torch.Generator | list[torch.Generator] | None = None,
+                       image_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The head's loss on tokens `targets` [M, D] given LLM states `conditions` [M, H] (`MMARDiffusionHead.loss`).
+        With a list of generators, one per image of `image_mask` (whose True tokens are the M targets), each image's
+        timesteps and noise come from its own generator (`per_image_diffusion_draws`)."""
+        batch_mul, noise, timesteps = self.config.diffusion_batch_mul, None, None
+        if isinstance(generator, (list, tuple)):
+            timesteps, noise = per_image_diffusion_draws(generator, image_mask, batch_mul, targets.shape[-1],
+                                                         self.noise_scheduler.config.num_train_timesteps)
+            generator = None
+        return self.diffusion_head.loss(conditions, targets, self.noise_scheduler, batch_mul, generator=generator,
+                                        noise=noise, timesteps=timesteps)
 
     @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
@@ -423,17 +408,26 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
         pixel_values: torch.FloatTensor | None = None,
         image_tokens: torch.FloatTensor | None = None,
         image_mask: torch.BoolTensor | None = None,
+        mm_encoder_outputs: dict | None = None,
         labels: torch.LongTensor | None = None,
+        generator: torch.Generator | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> MMARCausalLMOutputWithPast:
         r"""
-        pixel_values: images in [-1, 1], one per image span of `input_ids` (in order of appearance).
+        pixel_values: images in [-1, 1], one per image span of the sequence (in order of appearance); or
+            image_tokens (clean continuous tokens), or mm_encoder_outputs (see `MMARModel.forward`).
         image_mask: bool [num_images, tokens_per_image]. True = hidden from the LLM (mask embedding) and a
             diffusion target. None = every image fully visible (understanding).
         labels: text labels, -100 where no text loss (image tokens, prompt, padding). Shifted internally.
+        generator: draws the diffusion loss's timesteps and noise. Without one, training draws them from the global
+            RNG (seeded by `set_seed`), and eval mode from a generator seeded with `EVAL_DIFFUSION_SEED`, so that an
+            evaluation loss is a function of the inputs and the weights alone (every call draws the same sequence).
+            A list holds one generator per image: an image's draws then do not depend on the rest of its batch, so a
+            batch split over several processes is noised as it is in one (as `mmar train` does).
         """
+        shift_labels = kwargs.pop("shift_labels", None)  # targets already aligned with the logits (sequence parallel)
         self.model._inside_owner_forward = True
         try:
             outputs = self.model(
@@ -445,6 +439,7 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
                 pixel_values=pixel_values,
                 image_tokens=image_tokens,
                 image_mask=image_mask,
+                mm_encoder_outputs=mm_encoder_outputs,
                 use_cache=use_cache,
                 **kwargs,
             )
@@ -462,17 +457,26 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
                 f"labels cover {labels.shape[1]} positions but logits_to_keep={logits_to_keep} kept "
                 f"{logits.shape[1]}: compute the text loss with logits_to_keep=0"
             )
-        if labels is not None and (labels[:, 1:] != -100).any():
-            text_loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size)
+        if (labels is not None and (labels[:, 1:] != -100).any()) or (shift_labels is not None
+                                                                       and (shift_labels != -100).any()):
+            text_loss = self.loss_function(logits=logits, labels=labels, shift_labels=shift_labels,
+                                           vocab_size=self.config.text_config.vocab_size)
 
         image_loss = None
-        if image_mask is not None and outputs.image_tokens is not None and image_mask.any():
+        if image_mask is not None and image_mask.any():
+            if outputs.image_tokens is None:
+                raise ValueError("image_mask needs the images' clean tokens (the diffusion targets): pass pixel_values "
+                                 "or image_tokens, or mm_encoder_outputs from get_image_features with the same images")
             # MAR-style: a token's condition is the hidden state at its own position (no shift).
-            image_positions = input_ids == self.config.image_token_id
+            image_positions = self.model.get_placeholder_mask(input_ids, inputs_embeds)
             image_hidden = hidden_states[image_positions]  # [num_images * tokens_per_image, H], image order
             flat_mask = image_mask.reshape(-1)
             targets = outputs.image_tokens.reshape(-1, outputs.image_tokens.shape[-1])
-            image_loss = self.diffusion_loss(image_hidden[flat_mask], targets[flat_mask])
+            if generator is None and not self.training:
+                generator = torch.Generator(device=image_hidden.device).manual_seed(EVAL_DIFFUSION_SEED)
+            check_generator(generator, image_mask.shape[0], what="images")
+            image_loss = self.diffusion_loss(image_hidden[flat_mask], targets[flat_mask], generator=generator,
+                                             image_mask=image_mask)
 
         loss = None
         if text_loss is not None:

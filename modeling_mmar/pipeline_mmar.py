@@ -20,8 +20,10 @@ if TYPE_CHECKING:  # never run: diffusers copies only the modules a remote-code 
     from .diffusion_head_mmar import MMARDiffusionHead  # noqa: F401
     from .embedder_mmar import MMARImageEmbedder  # noqa: F401
     from .generation_mmar import MMARGenerationMixin  # noqa: F401
+    from .image_features_mmar import image_positions_in  # noqa: F401
     from .image_tokens_mmar import image_block_ids  # noqa: F401
     from .inpainting_mmar import token_mask_from_mask_image  # noqa: F401
+    from .outputs_mmar import MMARImageFeaturesOutput  # noqa: F401
     from .scheduling_mmar import MMARScheduler  # noqa: F401
 
 

@@ -20,6 +20,9 @@ import os
 
 import numpy as np
 from transformers import AutoTokenizer, BatchFeature, ProcessorMixin
+from transformers.image_utils import ImageInput
+from transformers.processing_utils import MultiModalData
+from transformers.tokenization_utils_base import TextInput
 
 from .image_processing_mmar import MMARImageProcessor
 from .tokenization_mmar import LEGACY_IMAGE_PLACEHOLDER, add_image_tokens
@@ -28,13 +31,14 @@ GENERATION_MODES = ("text", "image")
 
 # Renders the conversations in the plain sequence layout above. An assistant image turn is `<img>` (the processor
 # expands it); `add_generation_prompt` adds nothing for a text answer (the model continues after the question, its
-# answer starts with a space) and `<boi>` for an image (`generation_mode="image"`). `{% generation %}` marks what
-# the assistant writes, for `return_assistant_tokens_mask=True`.
+# answer starts with a space) and `<boi>` for an image (`generation_mode="image"`). A system turn is plain text
+# followed by a space (the layout has no turn markers). `{% generation %}` marks what the assistant writes, for
+# `return_assistant_tokens_mask=True`.
 DEFAULT_CHAT_TEMPLATE = (
     "{%- if bos_token is defined and bos_token %}{{ bos_token }}{% endif -%}"
     "{%- for message in messages -%}"
-    "{%- if message['role'] not in ['user', 'assistant'] -%}"
-    "{{- raise_exception(\"MMAR's chat template supports the roles 'user' and 'assistant', got '\""
+    "{%- if message['role'] not in ['system', 'user', 'assistant'] -%}"
+    "{{- raise_exception(\"MMAR's chat template supports the roles 'system', 'user' and 'assistant', got '\""
     " ~ message['role'] ~ \"'\") -}}"
     "{%- endif -%}"
     "{%- if message['content'] is string -%}{%- set items = [{'type': 'text', 'text': message['content']}] -%}"
@@ -47,6 +51,8 @@ DEFAULT_CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{{- eos_token -}}"
     "{%- endgeneration -%}"
+    "{%- elif message['role'] == 'system' -%}"
+    "{%- for item in items if item['type'] == 'text' %}{{ item['text'] }} {% endfor -%}"
     "{%- else -%}"
     "{%- for item in items -%}"
     "{%- if item['type'] == 'image' %}{{ image_token }}{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif -%}"
@@ -89,7 +95,6 @@ class MMARProcessor(ProcessorMixin):
     # Processor-level defaults (lowest priority in `_merge_kwargs`): tensors, padded to the longest sample; the
     # processor writes bos itself, so the tokenizer must not add special tokens.
     text_kwargs = {"padding": True, "return_tensors": "pt", "add_special_tokens": False, "return_token_type_ids": False}
-    images_kwargs = {"return_tensors": "pt"}
 
     def __init__(
         self,
@@ -218,12 +223,13 @@ class MMARProcessor(ProcessorMixin):
         return processor
 
     # ------------------------------------------------------------------ encoding
-    def __call__(self, images=None, text=None, generation_mode: str = "text", **kwargs) -> BatchFeature:
+    def __call__(self, images: ImageInput | None = None, text: TextInput | list[TextInput] | None = None,
+                 generation_mode: str | None = None, **kwargs) -> BatchFeature:
         r"""
         Args:
             images: one image or a list (see `MMARImageProcessor`); one per `processor.image_token` in `text`.
             text (`str` or `list[str]`): samples; each image token is expanded to the image's token span.
-            generation_mode (`str`): "text" (default), or "image" for image-generation prompts `<bos>text<boi>`,
+            generation_mode (`str`, *optional*): "text" (default), or "image" for image-generation prompts `<bos>text<boi>`,
                 left-padded; no images and no image token allowed then.
             **kwargs: tokenizer / image-processor options (`padding`, `padding_side`, `truncation`, `max_length`,
                 `return_tensors` (default "pt"), ...). Truncation never cuts an image span: the call fails instead.
@@ -231,8 +237,10 @@ class MMARProcessor(ProcessorMixin):
         Returns:
             `BatchFeature` with `input_ids`, `attention_mask` (when text is given) and `pixel_values` (when images are).
         """
+        generation_mode = "text" if generation_mode is None else generation_mode
         if generation_mode not in GENERATION_MODES:
             raise ValueError(f"generation_mode must be one of {GENERATION_MODES}, got {generation_mode!r}")
+        bos_added = None
         if text is not None:
             texts = [text] if isinstance(text, str) else text
             if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
@@ -243,12 +251,31 @@ class MMARProcessor(ProcessorMixin):
                 texts = self._image_generation_prompts(texts, images)
                 kwargs["padding_side"] = "left"  # every prompt ends at the same position, where the span starts
             text = [self._with_bos(t) for t in texts]
+            bos_added = [with_bos != t for with_bos, t in zip(text, texts)]
         elif generation_mode == "image":
             raise ValueError("generation_mode='image' needs text prompts (use '' for the unconditional prompt)")
         outputs = super().__call__(images=images, text=text, **kwargs)
         if generation_mode == "image":
             self._check_prompts_end_with_boi(outputs)
+        if bos_added is not None and any(bos_added):
+            self._record_bos_replacement(outputs, bos_added)
         return outputs
+
+    def _record_bos_replacement(self, outputs: BatchFeature, bos_added: list[bool]) -> None:
+        """`text_replacement_offsets` tell how the caller's text became the tokenized one: `span` in the caller's
+        text, `new_span` in the tokenized text. The `<bos>` the processor puts in front is one such replacement
+        (recorded as type "text"); `apply_chat_template` maps the assistant spans of the rendered template through
+        these records (`return_assistant_tokens_mask`)."""
+        replacements = outputs.get("text_replacement_offsets")
+        if replacements is None:
+            return
+        bos = self.tokenizer.bos_token
+        for row, added in enumerate(bos_added):
+            if added:
+                for record in replacements[row]:
+                    record["span"] = tuple(position - len(bos) for position in record["span"])
+                replacements[row].insert(0, {"type": "text", "span": (0, 0), "new_span": (0, len(bos)), "text": "",
+                                             "replacement": bos})
 
     def _with_bos(self, text: str) -> str:
         bos = self.tokenizer.bos_token
@@ -290,8 +317,10 @@ class MMARProcessor(ProcessorMixin):
         placeholders = [sample.count(self.image_token) for sample in text]
         if sum(placeholders) != num_images:
             raise ValueError(
-                f"The text holds {sum(placeholders)} {self.image_token} tokens (per sample: {placeholders}) but "
-                f"{num_images} images were given; pass exactly one image per {self.image_token}, in order"
+                f"The number of {self.image_token} tokens in the prompts should be the same as the number of images: "
+                f"the text holds {sum(placeholders)} {self.image_token} tokens (per sample: {placeholders}) but "
+                f"{num_images} images were given; "
+                f"pass exactly one image per {self.image_token}, in order"
             )
 
     def _process_images(self, images, **kwargs):
@@ -300,6 +329,14 @@ class MMARProcessor(ProcessorMixin):
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         return self.image_span
+
+    def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs) -> MultiModalData:
+        """`<img>` tokens per image, for inference engines (vLLM): every image becomes `num_image_tokens` of them,
+        whatever its size (the image processor resizes it first)."""
+        if image_sizes is None:
+            return MultiModalData()
+        return MultiModalData(num_image_tokens=[self.num_image_tokens] * len(image_sizes),
+                              num_image_patches=[1] * len(image_sizes))
 
     def _check_special_mm_tokens(self, text: list[str], text_inputs, modalities: list[str]):
         """Every image span must survive tokenization whole: `<boi>`, exactly num_image_tokens `<img>`, `<eoi>`."""
@@ -344,13 +381,16 @@ class MMARProcessor(ProcessorMixin):
             raise ValueError(f"generation_mode must be one of {GENERATION_MODES}, got {generation_mode!r}")
         if chat_template is None and self.chat_template == DEFAULT_CHAT_TEMPLATE:
             _check_roles(conversation)
-        kwargs.setdefault("image_token", self.image_token)
-        kwargs.setdefault("boi_token", self.boi_token)
+        # The template variables MMAR provides, for the templates that read them (any other keyword is taken for a
+        # processor option, with a warning).
+        template = chat_template if chat_template is not None else self.chat_template
+        for name, value in (("image_token", self.image_token), ("boi_token", self.boi_token),
+                            ("generation_mode", generation_mode)):
+            if not isinstance(template, str) or name in template:
+                kwargs.setdefault(name, value)
         if generation_mode == "image" and kwargs.get("add_generation_prompt"):
             kwargs["processor_kwargs"] = {**(kwargs.get("processor_kwargs") or {}), "generation_mode": "image"}
-        return super().apply_chat_template(
-            conversation, chat_template=chat_template, generation_mode=generation_mode, **kwargs
-        )
+        return super().apply_chat_template(conversation, chat_template=chat_template, **kwargs)
 
     # ------------------------------------------------------------------ decoding
     # `decode`, `batch_decode` and `post_process_image_text_to_text` are ProcessorMixin's: the image tokens are
@@ -366,13 +406,14 @@ class MMARProcessor(ProcessorMixin):
 
 
 def _check_roles(conversation):
-    """The default template knows two roles; say so before Jinja fails with a TemplateError."""
+    """The default template knows three roles; say so before Jinja fails with a TemplateError."""
     conversations = conversation if conversation and isinstance(conversation[0], (list, tuple)) else [conversation]
     for messages in conversations:
         for message in messages:
             role = message.get("role") if isinstance(message, dict) else getattr(message, "role", None)
-            if role not in ("user", "assistant"):
-                raise ValueError(f"MMAR's chat template supports the roles 'user' and 'assistant', got {role!r}")
+            if role not in ("system", "user", "assistant"):
+                raise ValueError(
+                    f"MMAR's chat template supports the roles 'system', 'user' and 'assistant', got {role!r}")
 
 
 def _as_token_lists(token_ids) -> tuple[list[list[int]], bool]:

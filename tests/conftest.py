@@ -88,3 +88,13 @@ def generation_batch(config: MMARConfig, pixel_values: torch.Tensor, prompt_ids=
     labels = input_ids.clone()
     labels[input_ids == config.image_token_id] = -100
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+
+
+def pretend_logged_in_to_the_hub(monkeypatch, export_module, calls: list) -> None:
+    """Online, logged in as "someone", with `create_repo` recorded in `calls` (uploads are patched by the test)."""
+    from huggingface_hub import HfApi, constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(export_module, "get_token", lambda: "hf_token")
+    monkeypatch.setattr(HfApi, "whoami", lambda self, *a, **k: {"name": "someone"})
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **k: calls.append(("create", repo_id, k)))

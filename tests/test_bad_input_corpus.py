@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import digits_to_pixel_values, generation_batch, tiny_config
 from PIL import Image
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from modeling_mmar import MMARForConditionalGeneration, MMARPipeline, MMARScheduler
 from processors import MMARProcessor, build_tokenizer
@@ -119,10 +120,12 @@ FORWARD_CASES = [
     ("embeds-2d", lambda e: forward(e, input_ids=None, pixel_values=None, labels=None, attention_mask=None,
                                     inputs_embeds=torch.zeros(23, 64)), ValueError, "inputs_embeds must be a tensor"),
     ("pixels-and-tokens", lambda e: forward(e, image_tokens=torch.zeros(2, 16, 4)), ValueError,
-     "either as pixel_values or as image_tokens"),
+     "Pass images once, as pixel_values, image_tokens or mm_encoder_outputs"),
     ("pixels-without-span", lambda e: forward(e, input_ids=text_prompt(5), attention_mask=None, labels=None),
      ValueError, "Got 2 image"),
-    ("span-without-pixels", lambda e: forward(e, pixel_values=None), ValueError, "no pixel_values"),
+    ("features-without-pooler_output", lambda e: forward(e, pixel_values=None, mm_encoder_outputs={
+        "image": BaseModelOutputWithPooling(last_hidden_state=torch.zeros(2, 16, 64))}), ValueError,
+     "mm_encoder_outputs\\['image'\\] has no pooler_output"),
     ("pixels-size", lambda e: forward(e, pixel_values=torch.zeros(2, 1, 16, 16)), ValueError, "image_size=8"),
     ("pixels-channels", lambda e: forward(e, pixel_values=torch.zeros(2, 3, 8, 8)), ValueError, "num_channels=1"),
     ("pixels-nan", lambda e: forward(e, pixel_values=torch.full((2, 1, 8, 8), math.nan)), ValueError,
@@ -285,7 +288,7 @@ PROCESSOR_CASES = [
     ("processor-image-4d-array", lambda e: e["processor"](text="<img>", images=np.zeros((1, 1, 8, 8, 3))),
      ValueError, "Image arrays must have 2"),
     ("processor-chat-role", lambda e: e["processor"].apply_chat_template(
-        [{"role": "system", "content": [{"type": "text", "text": "hi"}]}]), ValueError, "roles 'user' and 'assistant'"),
+        [{"role": "tool", "content": [{"type": "text", "text": "hi"}]}]), ValueError, "roles 'system', 'user' and 'assistant'"),
     ("processor-image-mode-truncated", lambda e: e["processor"](text="a handwritten seven", generation_mode="image",
                                                                 truncation=True, max_length=2), ValueError, "<boi>"),
 ]

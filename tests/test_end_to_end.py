@@ -5,23 +5,19 @@ the independent judge reads the digits it draws, and it names held-out digits it
 import numpy as np
 import pytest
 import torch
+from trained_demo import trained_demo_run
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+import processors  # noqa: F401  (registers the Auto classes; the model may have been trained in another process)
 from modeling_mmar import MMARPipeline
-from training.cli import main as mmar
 from training.data import DIGIT_WORDS, digit_caption, first_named_digit, load_digits_dataset
 from training.judge import get_judge
-
-# The demo's model and mask policy with half of its steps: under two minutes on 2 CPU cores.
-SHORT_TRAINING = ["training.max_steps=500", "training.warmup_steps=50", "training.eval_strategy=no",
-                  "mask_schedule.stage2_start_step=250", "evaluation.seeds_per_digit=1", "training.disable_tqdm=true"]
 
 
 @pytest.fixture(scope="module")
 def trained_model_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("end-to-end") / "mmar-demo"
-    assert mmar(["demo", "--output-dir", str(out), "--time-budget", "900", *SHORT_TRAINING]) == 0
-    return out / "model"
+    """The demo's model and mask policy with half of its steps (shared with the app's tests: trained once)."""
+    return trained_demo_run(tmp_path_factory) / "model"
 
 
 def test_the_judge_reads_the_digits_the_pipeline_draws(trained_model_dir):

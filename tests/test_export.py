@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import pretend_logged_in_to_the_hub, tiny_config
 from diffusers import DDIMScheduler
 from huggingface_hub import HfApi, constants
 from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -116,10 +116,7 @@ def test_push_fails_before_writing_anything(model_dir, tmp_path, monkeypatch, ca
 
 def test_push_uploads_the_exported_folder(model_dir, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(export, "get_token", lambda: "hf_token")
-    monkeypatch.setattr(HfApi, "whoami", lambda self, *a, **k: {"name": "someone"})
-    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **k: calls.append(("create", repo_id, k)))
+    pretend_logged_in_to_the_hub(monkeypatch, export, calls)
 
     def upload_folder(self, folder_path, repo_id, **kwargs):
         calls.append(("upload", repo_id, sorted(os.listdir(folder_path))))

@@ -228,7 +228,7 @@ def test_peft_model_generate_passes_image_mode_through(model, prompts):
         (dict(guidance_schedule="cubic"), "guidance_schedule"),
         (dict(temperature=-0.1), "temperature"),
         (dict(num_inference_steps=0), "num_inference_steps"),
-        (dict(generator=[torch.Generator()]), "one generator per prompt"),
+        (dict(generator=[torch.Generator()]), "one generator per image"),
         (dict(output_type="jpeg"), "output_type"),
         (dict(negative_prompt="blurry"), "negative_prompt_ids"),
         (dict(input_ids=None), "input_ids"),

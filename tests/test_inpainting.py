@@ -120,6 +120,19 @@ def test_one_mask_per_image_and_one_shared(model, four_digits):
     assert shared.shape == (4, 16, 4) and torch.equal(shared[:, :8], known[:1, :8].expand(4, -1, -1))
 
 
+def test_outpainting_is_a_border_mask(model, four_digits):
+    pixel_values, _ = four_digits
+    border = np.ones((8, 8), dtype=np.float32)
+    border[2:6, 2:6] = 0  # keep the centre 4x4 pixels (the middle 2x2 tokens), regenerate the frame around them
+    known = model.model.encode_images(pixel_values)
+    out = model.generate(prompts(model), generation_mode="image", image=pixel_values, mask_image=border,
+                         generator=seeds(0, 1, 2, 3), output_type="latent", **FAST)
+    frame = token_mask_from_mask_image(border, model.config, 4)
+    assert frame.sum(-1).tolist() == [12] * 4  # the 12 tokens of the 4x4 grid's outer ring
+    assert torch.equal(out[~frame], known[~frame])
+    assert (out[frame] - known[frame]).abs().amax() > 0
+
+
 def test_a_full_mask_is_plain_generation(model, four_digits):
     pixel_values, _ = four_digits
     full = model.generate(prompts(model, 2), generation_mode="image", image=pixel_values[:2],

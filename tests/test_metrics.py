@@ -93,3 +93,25 @@ def test_digit_fd_matches_judge_features_and_orders_real_and_noise(judge, split)
     assert same == pytest.approx(0.0, abs=1e-6)
     explicit = metric.compute(predictions=subset, reference_images=images[heldout])["digit_fd"]
     assert explicit == pytest.approx(result["digit_fd"], rel=1e-5)
+
+
+def test_deskew_straightens_a_slanted_stroke():
+    from training.judge import deskew
+
+    slanted = np.zeros((1, 32, 32))
+    for row in range(6, 26):  # a one-pixel line leaning right by one column every two rows
+        slanted[0, row, 10 + (row - 6) // 2] = 1.0
+    straight = deskew(slanted)[0]
+    ink_columns = [np.average(np.arange(32), weights=straight[row]) for row in range(8, 24) if straight[row].sum()]
+    assert np.ptp(ink_columns) < 1.0  # upright: the ink stays in about one column (it spanned 8 columns)
+    assert np.array_equal(deskew(np.zeros((1, 8, 8))), np.zeros((1, 8, 8)))  # blank images are left alone
+
+
+def test_orientation_histograms_put_a_vertical_edge_in_the_horizontal_gradient_bin():
+    from training.judge import orientation_histograms
+
+    edge = np.zeros((1, 8, 8))
+    edge[0, :, 4:] = 1.0  # a vertical edge: the gradient points along the columns, angle 0
+    features = orientation_histograms(edge, cell=4, bins=9).reshape(2, 2, 9)
+    assert features[..., 0].sum() == pytest.approx(features.sum())  # every bit of magnitude in bin 0
+    assert np.linalg.norm(features) == pytest.approx(1.0)

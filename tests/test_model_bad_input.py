@@ -37,14 +37,20 @@ def test_a_good_batch_runs(model, batch):
 @pytest.mark.parametrize("num_images", [1, 3])
 def test_image_count_must_match_the_image_spans(model, batch, pixels, num_images):
     batch["pixel_values"] = pixels[:num_images]
-    with pytest.raises(ValueError, match=rf"Got {num_images} image\(s\) but input_ids holds 2 image span"):
+    with pytest.raises(ValueError, match=rf"Got {num_images} image\(s\) but the sequence holds 2 image span"):
         model(**batch)
 
 
-def test_image_spans_need_images(model, batch):
+def test_image_spans_without_images_are_ordinary_text_tokens(model, batch):
+    # As transformers' VLMs treat image placeholders when no images come: the <img> tokens keep their own embedding
+    # and attend causally, exactly as the backbone LLM alone would run them.
     del batch["pixel_values"]
-    with pytest.raises(ValueError, match="2 image span.* but no pixel_values"):
-        model(**batch)
+    model.eval()
+    with torch.no_grad():
+        states = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        llm_alone = model.model.language_model(input_ids=batch["input_ids"],
+                                               attention_mask=batch["attention_mask"]).last_hidden_state
+    torch.testing.assert_close(states, llm_alone, rtol=0, atol=0)
 
 
 def test_image_span_of_the_wrong_length(model, batch):
@@ -120,7 +126,7 @@ def test_image_tokens_instead_of_pixels_are_checked_too(model, batch):
     bad[0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="image_tokens contains NaN or inf"):
         model(**batch, image_tokens=bad)
-    with pytest.raises(ValueError, match="either as pixel_values or as image_tokens"):
+    with pytest.raises(ValueError, match="Pass images once, as pixel_values, image_tokens or mm_encoder_outputs"):
         model(**batch, image_tokens=tokens, pixel_values=torch.zeros(2, 1, 8, 8))
 
 
@@ -130,8 +136,8 @@ def test_ambiguous_or_missing_inputs(model, batch):
         model(input_ids=batch["input_ids"], inputs_embeds=embeds)
     with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
         model()
-    with pytest.raises(ValueError, match="Images need input_ids"):
-        model(inputs_embeds=embeds, pixel_values=batch["pixel_values"])
+    with pytest.raises(ValueError, match="Got 1 image\\(s\\) but the sequence holds 2 image span"):
+        model(inputs_embeds=embeds, pixel_values=batch["pixel_values"][:1])  # spans found from the <img> embedding
 
 
 def test_labels_need_all_logits(model, batch):

@@ -109,9 +109,9 @@ def test_image_loss_is_over_the_masked_tokens_only_conditioned_at_their_own_posi
     seen = {}
     compute_loss = model.diffusion_loss
 
-    def spy(conditions, targets):
+    def spy(conditions, targets, **kwargs):
         seen["conditions"], seen["targets"] = conditions.detach(), targets.detach()
-        return compute_loss(conditions, targets)
+        return compute_loss(conditions, targets, **kwargs)
 
     model.diffusion_loss = spy
     head_rows = []

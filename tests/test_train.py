@@ -1,12 +1,9 @@
 """`mmar train`: run configs and overrides, the Trainer run (loss parts, evaluation, saved folder), resumption,
-options, and a 2-process accelerate run on CPU (gloo)."""
+and options (runs on more than one process: test_distributed.py)."""
 
 import json
 import math
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +11,6 @@ import torch
 from training.run_config import CONFIG_DIR, load_config
 from training.train import train
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = CONFIG_DIR / "digits_tiny.yaml"
 
 
@@ -146,25 +142,6 @@ def test_gradient_checkpointing_and_bf16_options(tmp_path):
     assert all(math.isfinite(e["loss"]) for e in train_logs(run.trainer.state.log_history))
 
 
-def test_two_process_accelerate_run_on_cpu(tmp_path):
-    out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    command = [sys.executable, "-m", "accelerate.commands.launch",
-               "--config_file", str(CONFIG_DIR / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", "29533",
-               "-m", "training.train", "--config", str(TINY), "--output-dir", str(out),
-               "training.eval_strategy=no", "training.max_steps=4"]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    history = json.loads((out / "log_history.json").read_text())
-    logs = train_logs(history)
-    assert [e["step"] for e in logs] == [1, 2, 3, 4]
-    assert all(math.isfinite(e["text_loss"]) and math.isfinite(e["image_loss"]) for e in logs)
-    # Two processes share each epoch: 1437 rows / (2 processes x 8) = 90 steps per epoch (180 with one process).
-    assert logs[-1]["epoch"] == pytest.approx(4 / 90)
-    assert (out / "model.safetensors").is_file() and (out / "scheduler" / "scheduler_config.json").is_file()
-
-
 def test_mmar_train_command_with_a_time_budget(tmp_path, capsys):
     from training.cli import main as mmar
 
@@ -257,16 +234,6 @@ def test_streamed_dataset_needs_an_eval_split(tmp_path, digits):
     _write_split(tmp_path / "data" / "train", digits, range(0, 8))
     with pytest.raises(ValueError, match="eval_split"):
         train(tiny(f"data.dataset={tmp_path / 'data'}", "data.streaming=true"), output_dir=str(tmp_path / "out"))
-
-
-def test_shipped_accelerate_configs_parse():
-    from accelerate.commands.config.config_args import load_config_from_file
-
-    expected = {"cpu_2proc": "MULTI_GPU", "ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED"}
-    for name, distributed_type in expected.items():
-        config = load_config_from_file(str(CONFIG_DIR / "accelerate" / f"{name}.yaml"))
-        assert config.distributed_type.value == distributed_type, name
-    assert load_config_from_file(str(CONFIG_DIR / "accelerate" / "cpu_2proc.yaml")).num_processes == 2
 
 
 def test_bad_datasets_fail_by_name_before_any_output(tmp_path, digits):

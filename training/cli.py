@@ -1,4 +1,4 @@
-"""The `mmar` command line: `mmar demo | train | train-vae | finetune | generate | describe | export`.
+"""The `mmar` command line: `mmar demo | train | train-vae | finetune | generate | describe | export | serve`.
 
 Arguments are parsed with the standard library only, so `mmar --help` and argument errors answer at once; each
 sub-command imports torch, transformers and the rest when it runs. A refusal is one line on stderr naming the
@@ -33,6 +33,7 @@ COMMANDS = {
     "generate": "training.generate_cli:run_generate",
     "describe": "training.generate_cli:run_describe",
     "export": "training.export:run_export_command",
+    "serve": "training.serve:run_serve_command",
 }
 
 
@@ -58,6 +59,13 @@ def _finite_float(text: str) -> float:
     value = float(text)
     if value != value or value in (float("inf"), float("-inf")):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port in 1..65535, got {text!r}")
     return value
 
 
@@ -155,13 +163,30 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("model_dir", metavar="MODEL_DIR", type=_existing_folder, help="saved model folder (e.g. ./mmar-demo/model)")
     export.add_argument("out_dir", metavar="OUT_DIR", help="where the export goes")
     export.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="also upload to this Hub model repo")
-    export.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    export.add_argument("--push-space", metavar="SPACE_ID", default=None,
+                        help="also upload the folder as a Gradio Space (it holds app.py), linked from the card")
+    export.add_argument("--private", action="store_true", help="create the Hub repo (and Space) as private")
+    export.add_argument("--screenshot", default=None, type=_existing_file,
+                        help="PNG of the app shown on the card (default: the app on the digits demo model)")
     export.add_argument("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE,
                         help=f"largest safetensors shard (default {DEFAULT_MAX_SHARD_SIZE})")
     export.add_argument("--metrics", default=None,
                         help="metrics.json for the card (default: next to MODEL_DIR or in its parent)")
     export.add_argument("--base-model", default=None, help="Hub id of the backbone, for the card's base_model")
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+
+    serve = commands.add_parser("serve", help="serve a Gradio app over a saved MMAR folder: generate, describe (chat) "
+                                              "and inpaint in the browser")
+    serve.add_argument("model_dir", metavar="MODEL_DIR", type=_existing_folder,
+                       help="saved model folder (e.g. ./mmar-demo/model, or an export)")
+    serve.add_argument("--port", type=_port, default=7860, help="TCP port (default 7860)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1; 0.0.0.0 serves other machines too)")
+    serve.add_argument("--concurrency-limit", type=_positive_int, default=2,
+                       help="requests that use the model at once; the others wait in the queue (default 2)")
+    serve.add_argument("--max-queue-size", type=_positive_int, default=32,
+                       help="waiting requests beyond this are refused with 'queue is full' (default 32)")
+    serve.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available, else cpu)")
     return parser
 
 
@@ -201,4 +226,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m training.cli` runs this file as __main__; the sub-commands raise `training.cli.CommandError`, so run
+    # the main of that module (a refusal is then one line with status 2 here too).
+    from training.cli import main as package_main
+
+    sys.exit(package_main())

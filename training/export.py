@@ -4,9 +4,11 @@ The export holds, at its root, the transformers layout (config.json, safetensors
 `--max-shard-size`, generation_config.json, the processor and tokenizer files, the `*_mmar.py` remote code with
 `auto_map` entries for AutoConfig / AutoModel / AutoModelForCausalLM / AutoModelForImageTextToText / AutoProcessor),
 `scheduler/`, the `MMARPipeline`'s model_index.json (diffusers loads components without a subfolder from the root),
-the sample grid and metrics of the run when found, and the model card (README.md). It is assembled in a hidden
-temporary folder and moved into place at the end. `--push-to-hub` checks Hub access first: offline or without a
-valid token it fails before anything is written, locally or remotely.
+the sample grid and metrics of the run when found, and the model card (README.md). The folder is also a Gradio
+Space (training/space.py): `app.py` (the `mmar serve` app), `mmar_app/`, `requirements.txt`, a screenshot, and the
+Space's keys in the card's front matter. It is assembled in a hidden temporary folder and moved into place at the
+end. `--push-to-hub` (the model repo) and `--push-space` (the same folder as a Gradio Space) check Hub access first:
+offline or without a valid token they fail before anything is written, locally or remotely.
 """
 
 from __future__ import annotations
@@ -61,14 +63,14 @@ def check_model_dir(model_dir: Path) -> None:
         raise ValueError(f"{str(model_dir)!r} does not hold an MMAR model (model_type {config.get('model_type')!r})")
 
 
-def check_hub_access(repo_id: str) -> str:
+def check_hub_access(repo_id: str, option: str = "--push-to-hub") -> str:
     """Return a usable token for pushing to `repo_id`, or raise HubAccessError before anything is written."""
     try:
         validate_repo_id(repo_id)
     except Exception as error:  # HFValidationError
-        raise HubAccessError(f"--push-to-hub {repo_id!r} is not a valid repo id (namespace/name): {error}") from error
+        raise HubAccessError(f"{option} {repo_id!r} is not a valid repo id (namespace/name): {error}") from error
     if "/" not in repo_id:
-        raise HubAccessError(f"--push-to-hub {repo_id!r} needs a namespace: use <user or org>/{repo_id}")
+        raise HubAccessError(f"{option} {repo_id!r} needs a namespace: use <user or org>/{repo_id}")
     if constants.is_offline_mode():
         raise HubAccessError(
             "Cannot push to the Hugging Face Hub: offline mode is on (HF_HUB_OFFLINE=1). Nothing was written; unset "
@@ -160,16 +162,26 @@ def export_model(
     metrics=None,
     base_model: str | None = None,
     overwrite: bool = False,
+    space_id: str | None = None,
+    screenshot=None,
 ) -> Path:
-    """Export the MMAR model saved in `model_dir` to `out_dir` (see the module docstring); push when `repo_id`."""
+    """Export the MMAR model saved in `model_dir` to `out_dir` (see the module docstring); push the model repo when
+    `repo_id`, the folder as a Gradio Space when `space_id`. `screenshot`: a PNG of the app for the card (default:
+    the app on the digits demo model)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     import modeling_mmar  # noqa: F401  (registers the Auto classes)
     import processors  # noqa: F401
     from hub_cards import render_model_card
 
+    from .serve import training_examples
+    from .space import DEFAULT_SCREENSHOT, space_metadata, space_title, write_space_files
+
     model_dir, out_dir = Path(model_dir).expanduser().resolve(), Path(out_dir).expanduser().resolve()
     token = check_hub_access(repo_id) if repo_id else None  # before anything is written
+    space_token = check_hub_access(space_id, "--push-space") if space_id else None
+    if screenshot is not None and not Path(screenshot).is_file():
+        raise ValueError(f"--screenshot {str(screenshot)!r} does not exist")
     check_model_dir(model_dir)
     if out_dir == model_dir or model_dir in out_dir.parents:
         raise ValueError(f"OUT_DIR {str(out_dir)!r} must not be MODEL_DIR or inside it")
@@ -192,8 +204,12 @@ def export_model(
             shutil.copyfile(samples_path, partial / "samples.png")
         if metrics_path is not None:
             shutil.copyfile(metrics_path, partial / "metrics.json")
+        prompts, question = training_examples(model_dir, metrics_path)
+        shown = write_space_files(partial, prompts, question, Path(screenshot) if screenshot else DEFAULT_SCREENSHOT)
+        title = space_title(model_dir if repo_id is None else repo_id)
         render_model_card(partial, metrics=metrics_path, base_model=base_model, repo_id=repo_id,
-                          model_id=repo_id or str(out_dir))
+                          model_id=repo_id or str(out_dir), space_id=space_id, app_screenshot=shown,
+                          app_screenshot_is_demo=screenshot is None, space_metadata=space_metadata(title))
         if out_dir.exists():
             shutil.rmtree(out_dir) if out_dir.is_dir() else out_dir.unlink()
         shareable_permissions(partial)  # mkdtemp made it 0700
@@ -203,15 +219,20 @@ def export_model(
         raise
     if repo_id:
         push_folder(out_dir, repo_id, private=private, token=token)
+    if space_id:
+        push_folder(out_dir, space_id, private=private, token=space_token, repo_type="space")
     return out_dir
 
 
-def push_folder(folder: Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
-    """Create (or reuse) the model repo and upload the folder in one commit; return the commit URL."""
+def push_folder(folder: Path, repo_id: str, private: bool = False, token: str | None = None,
+                repo_type: str = "model") -> str:
+    """Create (or reuse) the model repo (or Gradio Space) and upload the folder in one commit; return the commit
+    URL."""
     api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
-                               commit_message="Upload MMAR model (mmar export)")
+    space = {"space_sdk": "gradio"} if repo_type == "space" else {}
+    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, **space)
+    commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type=repo_type,
+                               commit_message=f"Upload MMAR {'app' if repo_type == 'space' else 'model'} (mmar export)")
     return str(getattr(commit, "commit_url", commit))
 
 
@@ -220,12 +241,14 @@ def run_export_command(args: argparse.Namespace) -> int:
     try:
         out_dir = export_model(args.model_dir, args.out_dir, repo_id=args.push_to_hub, private=args.private,
                                max_shard_size=args.max_shard_size, metrics=args.metrics, base_model=args.base_model,
-                               overwrite=args.overwrite)
+                               overwrite=args.overwrite, space_id=args.push_space, screenshot=args.screenshot)
     except HubAccessError as error:
         raise CommandError(str(error)) from error
     print(f"Exported {args.model_dir} to {out_dir}")
     if args.push_to_hub:
         print(f"Pushed to https://huggingface.co/{args.push_to_hub}")
+    if args.push_space:
+        print(f"Pushed the app to https://huggingface.co/spaces/{args.push_space}")
     return 0
 
 

@@ -1,7 +1,8 @@
 """The independent digit judge: scikit-learn models trained only on the digits' train split.
 
-- `predict(images)`: an RBF SVC classifier on raw pixels (digits: about 99 % accurate on the held-out split;
-  MNIST: 95.4 %).
+- `predict(images)`: an RBF SVC classifier, on raw pixels for the 8x8 digits (about 99 % accurate on the held-out
+  split) and on slant-corrected histograms of stroke orientations for 32x32 MNIST (`stroke_features`: 98.6 %, where
+  raw pixels give 95.4 %, below the 97 % that the VAE's reconstructions are held to).
 - `features(images)`: the 64 ReLU hidden units of a small MLPClassifier, the feature space of digit-FD.
 
 One judge per embedded dataset (`get_judge(seed, dataset="digits" | "mnist")`), trained on that dataset's train
@@ -50,6 +51,62 @@ def to_judge_inputs(images, size: int = JUDGE_IMAGE_SIZE) -> np.ndarray:
     return np.clip(array, 0.0, 1.0).reshape(len(array), -1)
 
 
+def deskew(images: np.ndarray) -> np.ndarray:
+    """[N, S, S] -> the same digits with their slant removed: a shear about the ink's centre of mass that makes its
+    second moments uncorrelated (the classic MNIST normalisation)."""
+    from scipy import ndimage
+
+    size = images.shape[-1]
+    rows, cols = np.mgrid[:size, :size]
+    straightened = np.empty_like(images)
+    for i, image in enumerate(images):
+        ink = image.sum()
+        if ink <= 0:  # a blank image has no slant
+            straightened[i] = image
+            continue
+        centre_row, centre_col = (rows * image).sum() / ink, (cols * image).sum() / ink
+        row_variance = ((rows - centre_row) ** 2 * image).sum() / ink
+        covariance = ((rows - centre_row) * (cols - centre_col) * image).sum() / ink
+        shear = np.array([[1.0, 0.0], [covariance / max(row_variance, 1e-8), 1.0]])
+        offset = np.array([centre_row, centre_col]) - shear @ np.array([size / 2, size / 2])
+        straightened[i] = ndimage.affine_transform(image, shear, offset=offset, order=1)
+    return np.clip(straightened, 0.0, 1.0)
+
+
+def orientation_histograms(images: np.ndarray, cell: int = 4, bins: int = 9) -> np.ndarray:
+    """[N, S, S] -> [N, (S / cell)^2 * bins]: per cell x cell block, the gradient magnitude summed into `bins`
+    unsigned orientation bins (linear interpolation between neighbouring bins), each image's vector L2-normalised
+    (a histogram of oriented gradients without block normalisation)."""
+    grad_rows, grad_cols = np.gradient(images, axis=(1, 2))
+    magnitude = np.hypot(grad_rows, grad_cols)
+    position = (np.arctan2(grad_rows, grad_cols) % np.pi) / np.pi * bins
+    lower = np.floor(position).astype(int) % bins
+    upper_weight = position - np.floor(position)
+    n, size = len(images), images.shape[-1]
+    cells = size // cell
+    histograms = np.zeros((n, cells, cells, bins))
+    for b in range(bins):
+        share = magnitude * ((lower == b) * (1 - upper_weight) + (((lower + 1) % bins) == b) * upper_weight)
+        histograms[..., b] = share[:, : cells * cell, : cells * cell].reshape(n, cells, cell, cells, cell).sum((2, 4))
+    histograms = histograms.reshape(n, -1)
+    return histograms / (np.linalg.norm(histograms, axis=1, keepdims=True) + 1e-8)
+
+
+def stroke_features(flat_images: np.ndarray) -> np.ndarray:
+    """The MNIST judge's classifier input: [N, S * S] pixels in [0, 1] -> orientation histograms of the deskewed
+    digits."""
+    size = int(round(np.sqrt(flat_images.shape[1])))
+    return orientation_histograms(deskew(flat_images.reshape(len(flat_images), size, size)))
+
+
+def raw_pixels(flat_images: np.ndarray) -> np.ndarray:
+    return flat_images
+
+
+# The classifier's input per dataset: 8x8 digits are too small for orientation cells; raw pixels read them at 99 %.
+CLASSIFIER_FEATURES = {"digits": raw_pixels, "mnist": stroke_features}
+
+
 @dataclass
 class DigitJudge:
     classifier: object  # sklearn SVC
@@ -57,10 +114,11 @@ class DigitJudge:
     heldout_accuracy: float
     feature_heldout_accuracy: float
     image_size: int = JUDGE_IMAGE_SIZE
+    classifier_features: object = raw_pixels  # flat pixels -> the classifier's input
 
     def predict(self, images) -> np.ndarray:
         """Digit (0-9) that the judge reads in each image."""
-        return self.classifier.predict(to_judge_inputs(images, self.image_size))
+        return self.classifier.predict(self.classifier_features(to_judge_inputs(images, self.image_size)))
 
     def features(self, images) -> np.ndarray:
         """[N, 64] hidden activations of the judge's MLP (ReLU(x W + b))."""
@@ -101,16 +159,19 @@ def _trained_judge(seed: int, dataset: str) -> DigitJudge:
     # The training data's split: the held-out rows are never fitted.
     images, y, train_idx, heldout_idx = digit_dataset_arrays(dataset, seed)
     x = images.reshape(len(images), -1)
-    classifier = SVC(C=10.0, gamma="scale").fit(x[train_idx], y[train_idx])
+    classifier_features = CLASSIFIER_FEATURES[dataset]
+    classifier_x = classifier_features(x)
+    classifier = SVC(C=10.0, gamma="scale").fit(classifier_x[train_idx], y[train_idx])
     feature_model = MLPClassifier(hidden_layer_sizes=(64,), alpha=1e-3, max_iter=500, random_state=seed)
     feature_model.fit(x[train_idx], y[train_idx])
     return DigitJudge(
         classifier=classifier,
         feature_model=feature_model,
-        heldout_accuracy=float(classifier.score(x[heldout_idx], y[heldout_idx])),
+        heldout_accuracy=float(classifier.score(classifier_x[heldout_idx], y[heldout_idx])),
         feature_heldout_accuracy=float(feature_model.score(x[heldout_idx], y[heldout_idx])),
         image_size=images.shape[-1],
+        classifier_features=classifier_features,
     )
 
 
-__all__ = ["DigitJudge", "frechet_distance", "get_judge", "to_judge_inputs"]
+__all__ = ["DigitJudge", "deskew", "frechet_distance", "get_judge", "orientation_histograms", "to_judge_inputs"]

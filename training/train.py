@@ -5,7 +5,7 @@ the model config, the datasets and the collator, then trains with `transformers.
 losses separately and evaluating on the held-out split. The output folder (`training.output_dir`) holds the model,
 the processor and the scheduler (`AutoModelForImageTextToText`, `AutoProcessor` and `MMARPipeline` load it) and
 `loss.png`. Multi-process: `accelerate launch --config_file training/configs/accelerate/ddp.yaml -m training.train
---config ...`.
+--config ...` (DDP, FSDP or DeepSpeed: training/distributed.py says what makes N processes train what one does).
 """
 
 from __future__ import annotations
@@ -26,7 +26,11 @@ from .callbacks import MaskStageCallback, TimeBudgetCallback
 from .collator import MMARDataCollator
 from .data import DIGIT_DATASETS, digits_corpus, load_digit_dataset, load_image_text_dataset
 from .image_token_cache import add_image_tokens
+from .distributed import (check_launch, check_loss_composition, check_resume, choose_fsdp_units, every_parameter_gets_a_gradient,
+                          engine_in_use, global_batch_loss, is_engine_checkpoint, peak_memory_mib, save_gathered_model,
+                          sharded_parameter_count, use_fsdp_on_cpu_processes)
 from .plots import plot_loss
+from .row_noise import ROW_SEEDS, RowSeedCollator, row_generators
 from .run_config import load_config
 from .threads import CpuThreadsCallback
 
@@ -37,6 +41,9 @@ TRAINING_DEFAULTS = {
     "remove_unused_columns": False,  # rows hold raw images and text: the collator does all processing
     "report_to": "none",
     "prediction_loss_only": True,  # evaluation needs the losses only (no logits kept)
+    # Every trainable parameter gets a gradient at every step (training.distributed): DDP need not search the graph
+    # for unused ones.
+    "ddp_find_unused_parameters": False,
 }
 
 
@@ -48,16 +55,35 @@ class MMARTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.eval_data_collator = eval_data_collator
         self._loss_sums = {"train": defaultdict(float), "eval": defaultdict(float)}
-        self._loss_counts = {"train": defaultdict(int), "eval": defaultdict(int)}
+        self._loss_counts = {"train": defaultdict(float), "eval": defaultdict(float)}
+        self._loss_composition_checked = False
+        self.mmar = _mmar_model(self.model)
+        if self.mmar is not None:  # N processes train what one process trains (training/distributed.py)
+            every_parameter_gets_a_gradient(self.mmar)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        seeds = inputs.pop(ROW_SEEDS, None)
+        if seeds is not None and self.mmar is not None and inputs.get("image_mask") is not None:
+            inputs["generator"] = row_generators(seeds)  # each row's diffusion noise from its own seed (row_noise.py)
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         split = "train" if model.training else "eval"
-        for name in LOSS_PARTS:
-            value = outputs.get(name) if isinstance(outputs, dict) else None
-            if value is not None:  # kept on the device: no synchronisation per step
-                self._loss_sums[split][name] = self._loss_sums[split][name] + value.detach().double()
-                self._loss_counts[split][name] += 1
+        if split == "train" and isinstance(outputs, dict) and self.mmar is not None:
+            config = self.mmar.config
+            if not self._loss_composition_checked:
+                check_loss_composition(outputs, config)
+                self._loss_composition_checked = True
+            # The loss of the global batch, whatever the number of processes it is split over.
+            loss, shares = global_batch_loss(outputs, inputs, config, self.accelerator.num_processes,
+                                             lambda t: self.accelerator.reduce(t, reduction="sum"))
+            for name, (share, count) in shares.items():  # kept on the device: no synchronisation per step
+                self._loss_sums[split][name] = self._loss_sums[split][name] + share
+                self._loss_counts[split][name] = self._loss_counts[split][name] + count
+        else:
+            for name in LOSS_PARTS:
+                value = outputs.get(name) if isinstance(outputs, dict) else None
+                if value is not None:
+                    self._loss_sums[split][name] = self._loss_sums[split][name] + value.detach().double()
+                    self._loss_counts[split][name] = self._loss_counts[split][name] + 1.0
         return (loss, outputs) if return_outputs else loss
 
     def _drain_loss_parts(self, split: str) -> dict[str, float]:
@@ -65,14 +91,14 @@ class MMARTrainer(Trainer):
         sums, counts = self._loss_sums[split], self._loss_counts[split]
         values = torch.stack([
             torch.stack([torch.as_tensor(sums[n], dtype=torch.float64, device=self.args.device),
-                         torch.tensor(float(counts[n]), dtype=torch.float64, device=self.args.device)])
+                         torch.as_tensor(counts[n], dtype=torch.float64, device=self.args.device)])
             for n in LOSS_PARTS
         ])
         if self.accelerator.num_processes > 1:
             values = self.accelerator.reduce(values, reduction="sum")
         sums.clear()
         counts.clear()
-        return {name: float(s / c) for name, (s, c) in zip(LOSS_PARTS, values.tolist()) if c > 0}
+        return {name: float(s / c) for name, (s, c) in zip(LOSS_PARTS, values.tolist()) if c > 1e-9}
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training log: add the parts accumulated since the previous one
@@ -88,6 +114,16 @@ class MMARTrainer(Trainer):
             output.metrics[f"{metric_key_prefix}_{name}"] = value
         return output
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """As Trainer's, except under FSDP: the saved folder is the plain model's (its own class and remote code,
+        full weights), also with a sharded state dict, whose checkpoints keep their shards only."""
+        if not self.is_fsdp_enabled:
+            return super().save_model(output_dir, _internal_call)
+        sharded = "FULL_STATE_DICT" not in str(self.accelerator.state.fsdp_plugin.state_dict_type)
+        if sharded and _internal_call:
+            return  # checkpoint-N/pytorch_model_fsdp_0 holds the weights
+        save_gathered_model(self, str(output_dir or self.args.output_dir))
+
     def get_eval_dataloader(self, eval_dataset=None):
         if self.eval_data_collator is None:
             return super().get_eval_dataloader(eval_dataset)
@@ -96,6 +132,12 @@ class MMARTrainer(Trainer):
             return super().get_eval_dataloader(eval_dataset)
         finally:
             self.data_collator = train_collator
+
+
+def _mmar_model(model):
+    """The MMARForConditionalGeneration inside `model` (itself, or the base model of a peft model), or None."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base if hasattr(base, "diffusion_head") and hasattr(base, "noise_scheduler") else None
 
 
 @dataclass
@@ -254,13 +296,15 @@ def build_run(config: dict, output_dir: str | None = None) -> TrainingRun:
         if eval_dataset is not None and args.eval_strategy != "no":
             eval_dataset = add_image_tokens(eval_dataset, model, processor)
     time_budget = TimeBudgetCallback(config.get("time_budget"))
+    choose_fsdp_units(model)  # decoder layers only: the diffusion head as a unit of its own deadlocks
+    use_fsdp_on_cpu_processes()  # accelerate would train DDP on CPU processes when FSDP is asked for
     trainer = MMARTrainer(
         model=model,
         args=args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset if args.eval_strategy != "no" else None,
-        data_collator=collator,
-        eval_data_collator=eval_collator,
+        data_collator=RowSeedCollator(collator),  # + one diffusion-noise seed per row
+        eval_data_collator=RowSeedCollator(eval_collator),
         processing_class=processor,
         callbacks=[stage_callback, time_budget, CpuThreadsCallback()],
     )
@@ -275,7 +319,7 @@ def save_trained(run: TrainingRun, output_dir: str | Path) -> None:
     Beside them: `log_history.json` and `loss.png`. Only the main process writes."""
     from modeling_mmar import MMARPipeline, MMARScheduler
 
-    run.trainer.save_model(str(output_dir))
+    run.trainer.save_model(str(output_dir))  # every process: sharded engines gather the weights
     if not run.trainer.is_world_process_zero():
         return
     # Trainer pickles its arguments beside the weights; a folder meant to be loaded and published holds
@@ -296,7 +340,7 @@ def _is_complete_checkpoint(folder: Path) -> bool:
     # Trainer writes trainer_state.json after the weights, optimizer and RNG states: a checkpoint without it was
     # interrupted while saving.
     has_weights = any((folder / name).exists() for name in ("model.safetensors", "model.safetensors.index.json",
-                                                             "adapter_model.safetensors"))
+                                                             "adapter_model.safetensors")) or is_engine_checkpoint(folder)
     return has_weights and (folder / "trainer_state.json").is_file()
 
 
@@ -329,8 +373,26 @@ def check_complete_checkpoint(folder) -> None:
                          "pass training.resume_from_checkpoint=true to resume from the newest complete one")
 
 
+def record_engine_and_memory(trainer) -> None:
+    """The engine that trained, how many parameters it sharded and the peak memory of every process (MiB: accelerator
+    allocation, else RSS), printed by the main process and kept in the run summary of the log history (`engine`,
+    `num_processes`, `sharded_parameters` [sharded, all], `peak_memory_mib_per_process`)."""
+    local = torch.tensor([peak_memory_mib()], dtype=torch.float64, device=trainer.args.device)
+    values = [round(v, 1) for v in trainer.accelerator.gather(local).tolist()]
+    engine = engine_in_use(trainer)
+    sharded, total = sharded_parameter_count(trainer)
+    summary = next((e for e in reversed(trainer.state.log_history) if "train_runtime" in e), None)
+    if summary is not None:
+        summary.update(engine=engine, num_processes=trainer.accelerator.num_processes,
+                       peak_memory_mib_per_process=values, sharded_parameters=[sharded, total])
+    if trainer.is_world_process_zero():
+        print(f"Trained with {engine} on {trainer.accelerator.num_processes} process(es), {sharded} of {total} "
+              f"parameters sharded; peak memory per process: {', '.join(f'{v:.0f} MiB' for v in values)}")
+
+
 def train(config: dict, output_dir: str | None = None, resume_from_checkpoint: str | bool | None = None) -> TrainingRun:
     """Build a run from `config`, train it, save model / processor / scheduler / loss.png into the output dir."""
+    check_launch(config.get("training"))  # engine installed, world size divides a split batch: before anything runs
     run = build_run(config, output_dir)
     if resume_from_checkpoint is None:
         resume_from_checkpoint = (config.get("training") or {}).get("resume_from_checkpoint")
@@ -338,15 +400,19 @@ def train(config: dict, output_dir: str | None = None, resume_from_checkpoint: s
         resume_from_checkpoint = newest_complete_checkpoint(run.trainer.args.output_dir)
     elif resume_from_checkpoint:
         check_complete_checkpoint(resume_from_checkpoint)
+    if resume_from_checkpoint:
+        check_resume(resume_from_checkpoint)  # the engine and world size can resume what wrote it
     if resume_from_checkpoint and run.trainer.is_world_process_zero():
         print(f"Resuming from {resume_from_checkpoint}")
     run.trainer.train(resume_from_checkpoint=resume_from_checkpoint or None)
+    record_engine_and_memory(run.trainer)
     if run.trainer.is_world_process_zero():
         print(run.time_budget.summary(run.trainer.state))
     losses = [entry["loss"] for entry in run.trainer.state.log_history if "loss" in entry]
     if losses and not all(math.isfinite(v) for v in losses):
         raise FloatingPointError(f"Training diverged: non-finite loss in the log ({losses[-5:]})")
     save_trained(run, run.trainer.args.output_dir)
+    run.trainer.accelerator.wait_for_everyone()  # no process leaves while the main one still writes the folder
     return run
 
 
@@ -356,6 +422,10 @@ def run_train_command(args: argparse.Namespace) -> int:
     run = train(config, output_dir=args.output_dir)
     if run.trainer.is_world_process_zero():
         print(f"Saved model, processor and scheduler to {run.trainer.args.output_dir}")
+    if run.trainer.accelerator.num_processes > 1:
+        # Close the process group before the interpreter exits: left to exit, a DeepSpeed ZeRO-3 process was seen
+        # aborting ("terminate called without an active exception"), which fails the whole launch.
+        run.trainer.accelerator.end_training()
     return 0
 
 
