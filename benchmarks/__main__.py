@@ -1,4 +1,4 @@
-"""`python -m benchmarks run --suite cpu-small` (also: `list`). Results go to benchmarks/results/<suite>/."""
+"""`python -m benchmarks run --suite cpu-small` (also: `list`, `ablations`). Results go to benchmarks/results/<suite>/."""
 
 from __future__ import annotations
 
@@ -24,11 +24,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--repeats", type=int, default=None, help="side-by-side rounds (default: the suite's)")
     run.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     commands.add_parser("list", help="list the suites")
+    from .ablations import add_arguments as add_ablation_arguments
+
+    add_ablation_arguments(commands.add_parser("ablations", help="train and compare the paper's ablations"))
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "ablations":
+        from .ablations import run_command
+
+        return run_command(args)
     if args.command == "list":
         for name, suite in SUITES.items():
             print(f"{name:10s} {suite.description}")

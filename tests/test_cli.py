@@ -33,6 +33,8 @@ def test_help_answers_at_once_without_library_noise():
     (("generate", "--model", ".", "a seven", "--upscale", "0"), "--upscale"),
     (("describe", "--model", ".", "no-such.png"), "no-such.png"),
     (("export", "no-such-folder", "out"), "no-such-folder"),
+    (("ablate", "--seeds", "0"), "--seeds"),
+    (("ablate", "--only", "no-such-variant"), "no-such-variant"),
     (("frobnicate",), "frobnicate"),
 ])
 def test_argument_errors_are_one_line_with_status_2(args, named):

@@ -34,6 +34,7 @@ COMMANDS = {
     "describe": "training.generate_cli:run_describe",
     "export": "training.export:run_export_command",
     "serve": "training.serve:run_serve_command",
+    "ablate": "benchmarks.ablations:run_command",
 }
 
 
@@ -188,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-queue-size", type=_positive_int, default=32,
                        help="waiting requests beyond this are refused with 'queue is full' (default 32)")
     serve.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available, else cpu)")
+
+    from benchmarks.ablations import add_arguments as add_ablation_arguments  # stdlib imports only: help stays fast
+
+    add_ablation_arguments(commands.add_parser(
+        "ablate", help="train and compare the paper's ablations (= python -m benchmarks ablations)"))
     return parser
 
 

@@ -37,6 +37,7 @@ DATA_KEYS = {
     "verify_images": "open every image once before training (default true; not for streamed datasets)",
     "tokenizer": "null: train a tokenizer on the dataset's text; else a tokenizer path to load",
     "max_corpus_texts": "number of captions read to build the tokenizer of a streamed dataset",
+    "split_seed": "seed of the train / held-out split and the caption templates (default: the run's seed)",
     "cache_image_tokens": "encode every image once with the frozen image tokenizer before training (default false)",
 }
 MASK_SCHEDULE_KEYS = {

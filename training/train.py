@@ -289,7 +289,9 @@ def build_run(config: dict, output_dir: str | None = None) -> TrainingRun:
     seed = int(config.get("seed", 0))
     data_config = config.get("data") or {}
     model_section = config.get("model") or {}
-    train_dataset, eval_dataset, corpus = build_datasets(data_config, model_section.get("image_size", 8), seed)
+    # `data.split_seed` fixes the train / held-out split while `seed` varies (e.g. the ablations' seeds).
+    split_seed = int(data_config.get("split_seed", seed))
+    train_dataset, eval_dataset, corpus = build_datasets(data_config, model_section.get("image_size", 8), split_seed)
     vae = load_vae(model_section.get("vae"))  # a trained image tokenizer (diffusers folder), or None
     if model_section.get("base_model"):  # a pretrained LLM with its own tokenizer
         if data_config.get("tokenizer"):
