@@ -59,6 +59,18 @@ def tiny_config(**overrides) -> MMARConfig:
     return MMARConfig(**kwargs)
 
 
+def digit_word_processor():
+    """An MMARProcessor over a word-level tokenizer of the digit captions, for a 1-layer tiny Qwen2 of its vocabulary."""
+    from processors import MMARProcessor, build_tokenizer
+    from training.data import digits_corpus
+
+    tokenizer = build_tokenizer(digits_corpus())
+    config = tiny_config(text_config={"model_type": "qwen2", "vocab_size": len(tokenizer), "hidden_size": 32,
+                                      "num_attention_heads": 2, "num_key_value_heads": 1,
+                                      "intermediate_size": 64, "num_hidden_layers": 1})
+    return MMARProcessor.from_model_config(config, tokenizer)
+
+
 @pytest.fixture
 def config() -> MMARConfig:
     return tiny_config()

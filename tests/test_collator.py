@@ -6,24 +6,19 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import digit_word_processor, tiny_config
 from scipy.stats import truncnorm
 
-from processors import MMARProcessor, build_tokenizer
 from training.callbacks import MaskStageCallback
 from training.collator import IGNORE_INDEX, MMARDataCollator
-from training.data import digits_corpus, load_digits_dataset
+from training.data import load_digits_dataset
 
 L = 16  # 8x8 digits, patch 2
 
 
 @pytest.fixture(scope="module")
 def processor():
-    tokenizer = build_tokenizer(digits_corpus())
-    config = tiny_config(text_config={"model_type": "qwen2", "vocab_size": len(tokenizer), "hidden_size": 32,
-                                      "num_attention_heads": 2, "num_key_value_heads": 1,
-                                      "intermediate_size": 64, "num_hidden_layers": 1})
-    return MMARProcessor.from_model_config(config, tokenizer)
+    return digit_word_processor()
 
 
 @pytest.fixture(scope="module")

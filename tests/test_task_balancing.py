@@ -3,13 +3,13 @@ loss weights."""
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import digit_word_processor, tiny_config
 from tiny_backbones import TINY_CHAT_TEMPLATE, build_bpe_tokenizer
 
 from modeling_mmar import MMARForConditionalGeneration
-from processors import MMARProcessor, build_tokenizer
+from processors import MMARProcessor
 from training.collator import IGNORE_INDEX, MMARDataCollator
-from training.data import digits_corpus, load_digits_dataset
+from training.data import load_digits_dataset
 from training.distributed import check_loss_composition, global_batch_loss
 
 L = 16  # 8x8 digits, patch 2
@@ -23,11 +23,7 @@ def rows():
 
 @pytest.fixture(scope="module")
 def word_processor():
-    tokenizer = build_tokenizer(digits_corpus())
-    config = tiny_config(text_config={"model_type": "qwen2", "vocab_size": len(tokenizer), "hidden_size": 32,
-                                      "num_attention_heads": 2, "num_key_value_heads": 1,
-                                      "intermediate_size": 64, "num_hidden_layers": 1})
-    return MMARProcessor.from_model_config(config, tokenizer)
+    return digit_word_processor()
 
 
 def understanding_rows(batch) -> int:
