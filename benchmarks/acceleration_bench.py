@@ -36,8 +36,8 @@ NOISE_SEED_OFFSET = 10_000  # the naive loop's second run (quality noise) uses s
 
 @dataclass(frozen=True)
 class Configuration:
-    """One way to sample. `scheduler`/`steps` None: generate()'s defaults; `num_iter_fraction` of the model's default
-    num_iter; `options`: further generate() keywords (the accelerations)."""
+    """One way to sample. `scheduler`/`steps` None: generate()'s default head sampler (DPM-Solver++ 10);
+    `num_iter_fraction` of the model's default num_iter; `options`: further generate() keywords (the accelerations)."""
 
     name: str
     scheduler: str | None = None  # "ddpm" (MMARScheduler) | "ddim" | "dpm++"
@@ -45,6 +45,8 @@ class Configuration:
     num_iter_fraction: float = 1.0
     options: dict = field(default_factory=dict)
     naive: bool = False
+    defaults: bool = False  # generate()'s own defaults; every other configuration runs exact full LLM steps unless
+                            # its options set token_cache_interval (the default "auto" turns the token cache on)
 
     def num_iter(self, default: int) -> int:
         return max(1, round(default * self.num_iter_fraction))
@@ -52,7 +54,7 @@ class Configuration:
 
 NAIVE = Configuration("naive MAR loop (no cache, separate CFG, DDPM 100)", naive=True)
 PREVIOUS_DEFAULT = Configuration("previous default (prefix cache, batched CFG, DDPM 100)", scheduler="ddpm", steps=100)
-DEFAULTS = Configuration("defaults (generate() / pipeline)")
+DEFAULTS = Configuration("defaults (generate() / pipeline: DPM-Solver++ 10, token cache 8)", defaults=True)
 
 
 def default_configurations() -> tuple[Configuration, ...]:
@@ -69,23 +71,26 @@ def default_configurations() -> tuple[Configuration, ...]:
         Configuration("DiSA DDPM 50->5", scheduler="ddpm", steps=50, options={"final_num_inference_steps": 5}),
         Configuration("DiSA DPM-Solver++ 10->3", scheduler="dpm++", steps=10,
                       options={"final_num_inference_steps": 3}),
-        Configuration("defaults + condition cache 2", options={"guidance_cache_interval": 2}),
-        Configuration("defaults + condition cache 4", options={"guidance_cache_interval": 4}),
-        Configuration("defaults + token cache 4", options={"token_cache_interval": 4}),
-        Configuration("defaults + token cache 8", options={"token_cache_interval": 8}),
-        Configuration("defaults + both caches 4", options={"token_cache_interval": 4, "guidance_cache_interval": 4}),
-        Configuration("defaults + token cache 8 + condition cache 4",
+        Configuration("DPM-Solver++ 10 + condition cache 2", options={"guidance_cache_interval": 2}),
+        Configuration("DPM-Solver++ 10 + condition cache 4", options={"guidance_cache_interval": 4}),
+        Configuration("DPM-Solver++ 10 + token cache 4", options={"token_cache_interval": 4}),
+        Configuration("DPM-Solver++ 10 + token cache 8", options={"token_cache_interval": 8}),
+        Configuration("DPM-Solver++ 10 + both caches 4",
+                      options={"token_cache_interval": 4, "guidance_cache_interval": 4}),
+        Configuration("DPM-Solver++ 10 + token cache 8 + condition cache 4",
                       options={"token_cache_interval": 8, "guidance_cache_interval": 4}),
         Configuration("DPM-Solver++ 5 + token cache 8 + condition cache 4", scheduler="dpm++", steps=5,
                       options={"token_cache_interval": 8, "guidance_cache_interval": 4}),
-        Configuration("defaults, num_iter / 2", num_iter_fraction=0.5),
-        Configuration("defaults, num_iter / 2 + GtR 1", num_iter_fraction=0.5, options={"reconstruction_steps": 1}),
-        Configuration("defaults, num_iter / 2 + token cache 8", num_iter_fraction=0.5,
+        Configuration("DPM-Solver++ 10, num_iter / 2", num_iter_fraction=0.5),
+        Configuration("DPM-Solver++ 10, num_iter / 2 + GtR 1", num_iter_fraction=0.5,
+                      options={"reconstruction_steps": 1}),
+        Configuration("DPM-Solver++ 10, num_iter / 2 + token cache 8", num_iter_fraction=0.5,
                       options={"token_cache_interval": 8}),
-        Configuration("defaults, num_iter / 2 + GtR 1 + token cache 8", num_iter_fraction=0.5,
+        Configuration("DPM-Solver++ 10, num_iter / 2 + GtR 1 + token cache 8", num_iter_fraction=0.5,
                       options={"reconstruction_steps": 1, "token_cache_interval": 8}),
-        Configuration("defaults, num_iter / 4 + GtR 1", num_iter_fraction=0.25, options={"reconstruction_steps": 1}),
-        Configuration("defaults + compiled head (static)", options={"compile_head": "static"}),
+        Configuration("DPM-Solver++ 10, num_iter / 4 + GtR 1", num_iter_fraction=0.25,
+                      options={"reconstruction_steps": 1}),
+        Configuration("DPM-Solver++ 10 + compiled head (static)", options={"compile_head": "static"}),
     )
 
 
@@ -104,7 +109,8 @@ def make_call(model, configuration: Configuration, prompts: dict, seeds: list[in
     if configuration.naive:
         return lambda: naive_generate(model, **prompts, num_iter=num_iter, num_inference_steps=100,
                                       generator=generators(), output_type="pt", **sampling)
-    kwargs = dict(configuration.options)
+    kwargs = dict(configuration.options) if configuration.defaults else {"token_cache_interval": None,
+                                                                         **configuration.options}
     if configuration.scheduler is not None:
         kwargs["scheduler"] = build_scheduler(configuration.scheduler, model.config)
     if configuration.steps is not None:

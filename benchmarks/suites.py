@@ -58,12 +58,12 @@ SUITES = {
         # batch-64 call on the 64-token model alone would take minutes).
         acceleration={"images": 10, "guidance_scale": 3.0, "temperature": 1.0, "quality_seeds_per_digit": 20,
                       "batch_sizes": [1, 16, 64], "memory": True, "throughput_with_naive": False,
-                      "configurations": ["DPM-Solver++ 5", "DiSA DPM-Solver++ 10->3", "defaults + condition cache 4",
-                                         "defaults + token cache 8", "defaults + token cache 8 + condition cache 4",
+                      "configurations": ["DPM-Solver++ 5", "DiSA DPM-Solver++ 10->3", "DPM-Solver++ 10 + condition cache 4",
+                                         "DPM-Solver++ 10 + token cache 8", "DPM-Solver++ 10 + token cache 8 + condition cache 4",
                                          "DPM-Solver++ 5 + token cache 8 + condition cache 4",
-                                         "defaults, num_iter / 2", "defaults, num_iter / 2 + GtR 1",
-                                         "defaults, num_iter / 2 + token cache 8",
-                                         "defaults, num_iter / 2 + GtR 1 + token cache 8"]},
+                                         "DPM-Solver++ 10, num_iter / 2", "DPM-Solver++ 10, num_iter / 2 + GtR 1",
+                                         "DPM-Solver++ 10, num_iter / 2 + token cache 8",
+                                         "DPM-Solver++ 10, num_iter / 2 + GtR 1 + token cache 8"]},
     ),
     "smoke": Suite(
         name="smoke",

@@ -53,16 +53,20 @@ class MMARGenerationMixin(GenerationMixin):
             callback_on_step_end (`callable(step, image_tokens, still_masked)`): called after every step with
                 copies of the tokens [B, L, D] and the bool mask [B, L] (True = not generated yet).
 
-            Training-free accelerations (off by default: `None`; the README's Performance section measures each):
+            Training-free accelerations (the README's Performance section measures each; all but the token cache are
+            off by default, `None`):
             final_num_inference_steps (`int`): diffusion step annealing (DiSA, arXiv 2505.20297): the head's
                 diffusion steps fall linearly from `num_inference_steps` at the first masked-AR step to this at the
                 last (later tokens are conditioned on more of the image and are easier to sample).
             reconstruction_steps (`int` in [1, num_iter - 1]): two-stage sampling (GtR, arXiv 2510.17171): a
                 checkerboard half of the tokens is generated over the first `num_iter - reconstruction_steps` steps
                 (cosine schedule), the other half in the last `reconstruction_steps` steps.
-            token_cache_interval (`int`): LazyMAR's token cache (arXiv 2503.12450): a full LLM step every that many
-                masked-AR steps; in between only the span tokens revealed since their row last ran and the tokens
-                sampled now run through the LLM, on the cached keys/values of the others (needs `use_cache`).
+            token_cache_interval (`int` | `"auto"` | `None`, default `"auto"`): LazyMAR's token cache (arXiv
+                2503.12450): a full LLM step every that many masked-AR steps; in between only the span tokens revealed
+                since their row last ran and the tokens sampled now run through the LLM, on the cached keys/values of
+                the others (needs `use_cache`). "auto" = 8 with `use_cache` and a backbone whose cache layers are
+                all full attention, full steps otherwise; `None`: the exact reference steps. An image never depends
+                on its batch: rows that need different numbers of tokens (inpainting masks) run apart.
             guidance_cache_interval (`int`): LazyMAR's condition cache: a full LLM step every that many masked-AR
                 steps; in between only the conditional rows run and the unconditional states are the conditional
                 ones plus the (unconditional - conditional) difference of the last full step.

@@ -117,7 +117,7 @@ class MMARPipeline(DiffusionPipeline):
         use_cache: bool = True,
         final_num_inference_steps: int | None = None,
         reconstruction_steps: int | None = None,
-        token_cache_interval: int | None = None,
+        token_cache_interval: int | str | None = "auto",
         guidance_cache_interval: int | None = None,
         compile_head: str | None = None,
     ) -> ImagePipelineOutput | tuple:
@@ -137,14 +137,15 @@ class MMARPipeline(DiffusionPipeline):
             output_type: "pil" (default), "np" (floats in [0, 1]), "pt" or "latent" (continuous image tokens).
             return_dict: return an `ImagePipelineOutput` (else a tuple).
             use_cache: reuse the prompts' KV cache at every masked-AR step.
-            Training-free accelerations, off by default (`None`; `MMARForConditionalGeneration.generate` and the
-            README's Performance section say what each costs in quality):
+            Training-free accelerations (`MMARForConditionalGeneration.generate` and the README's Performance section
+            say what each costs in quality); all but the token cache are off by default (`None`):
             final_num_inference_steps: diffusion step annealing (DiSA): the head's steps fall linearly from
                 `num_inference_steps` at the first masked-AR step to this at the last.
             reconstruction_steps: two-stage sampling (GtR): a checkerboard half of the tokens over the first
                 `num_iter - reconstruction_steps` steps, the other half in the last `reconstruction_steps`.
             token_cache_interval: LazyMAR's token cache: a full step every that many steps; in between only changed
-                and sampled tokens run through the LLM.
+                and sampled tokens run through the LLM. Default "auto": 8 where the cache allows it (prompt cache
+                on, full-attention layers), else full steps; `None`: exact full steps.
             guidance_cache_interval: LazyMAR's condition cache: a full step every that many steps; in between the
                 unconditional rows reuse the last full step's (unconditional - conditional) difference.
             compile_head: "dynamic" or "static" (row counts padded to powers of two): torch.compile the head.

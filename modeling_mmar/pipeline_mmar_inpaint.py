@@ -66,7 +66,7 @@ class MMARInpaintPipeline(MMARPipeline):
         use_cache: bool = True,
         final_num_inference_steps: int | None = None,
         reconstruction_steps: int | None = None,
-        token_cache_interval: int | None = None,
+        token_cache_interval: int | str | None = "auto",
         guidance_cache_interval: int | None = None,
         compile_head: str | None = None,
     ) -> ImagePipelineOutput | tuple:

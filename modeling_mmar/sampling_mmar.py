@@ -235,7 +235,7 @@ def generate_images(
     mask_image=None,
     final_num_inference_steps: int | None = None,
     reconstruction_steps: int | None = None,
-    token_cache_interval: int | None = None,
+    token_cache_interval: int | str | None = "auto",
     guidance_cache_interval: int | None = None,
     compile_head: str | None = None,
     token_type_ids: torch.Tensor | None = None,  # accepted (the processor may return it) and not needed
@@ -250,8 +250,8 @@ def generate_images(
     Inpainting: `image` (pixel_values [1 | prompts | B, C, H, W] in [-1, 1]) and `mask_image` (white = regenerate,
     see inpainting_mmar): tokens outside the mask are visible from the first step and returned exactly; the order,
     cosine schedule and `num_iter` run over the masked tokens only. The accelerations (`final_num_inference_steps`,
-    `reconstruction_steps`, `token_cache_interval`, `guidance_cache_interval`, `compile_head`) are off by default
-    and documented in `MMARForConditionalGeneration.generate`.
+    `reconstruction_steps`, `token_cache_interval`, `guidance_cache_interval`, `compile_head`) are documented in
+    `MMARForConditionalGeneration.generate`; only the token cache is on by default ("auto").
     """
     if unexpected:
         raise ValueError(
@@ -306,10 +306,10 @@ def generate_images(
         if num_iter < 2:
             raise ValueError(f"reconstruction_steps (two-stage sampling) needs num_iter >= 2, got num_iter={num_iter}")
         check_int("reconstruction_steps", reconstruction_steps, 1, num_iter - 1)
-    for name, interval in (("token_cache_interval", token_cache_interval),
-                           ("guidance_cache_interval", guidance_cache_interval)):
-        if interval is not None:
-            check_int(name, interval, 1)
+    if token_cache_interval != "auto" and token_cache_interval is not None:
+        check_int("token_cache_interval", token_cache_interval, 1)
+    if guidance_cache_interval is not None:
+        check_int("guidance_cache_interval", guidance_cache_interval, 1)
     if compile_head is not None:
         check_choice("compile_head", compile_head, COMPILE_MODES)
 

@@ -50,7 +50,7 @@ def test_a_run_compares_configurations_with_the_naive_loop_and_writes_the_report
     tiny = {"text_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
                             "num_attention_heads": 2, "num_key_value_heads": 1}, "head_width": 32, "head_depth": 1}
     settings = {"images": 2, "num_iter": 8, "batch_sizes": [1, 2], "memory": False, "random_model": tiny,
-                "configurations": ["DPM-Solver++ 5", "defaults + token cache 4", "defaults, num_iter / 4 + GtR 1"]}
+                "configurations": ["DPM-Solver++ 5", "DPM-Solver++ 10 + token cache 4", "DPM-Solver++ 10, num_iter / 4 + GtR 1"]}
     section = run_acceleration_benchmark(settings, repeats=1)
     model = section["models"][0]
     names = [row["configuration"] for row in model["rows"]]

@@ -205,6 +205,7 @@ def test_generation_routes_image_positions_with_and_without_the_kv_cache(kind, b
                                                                use_cache=use_cache)
                 result[f"image_{use_cache}"] = model.generate(
                     **prompt, generation_mode="image", num_iter=3, num_inference_steps=4, use_cache=use_cache,
+                    token_cache_interval=None,  # the prefix cache alone, exact
                     generator=torch.Generator().manual_seed(0), output_type="pt", show_progress=False)
             result["text"] = model.generate(**text, max_new_tokens=6, do_sample=False)
         return result

@@ -40,9 +40,10 @@ def ode_scheduler(config):
 
 
 def generate(model, prompts, **kwargs):
-    kwargs = {"scheduler": ode_scheduler(model.config), "num_inference_steps": STEPS, "num_iter": NUM_ITER, **kwargs}
-    return model.generate(**prompts, generation_mode="image", show_progress=False, output_type="latent",
-                          generator=seeds(*range(len(prompts["input_ids"]))), **kwargs)
+    """The exact reference sampler (the default token cache off) unless a test turns an acceleration on."""
+    kwargs = {"scheduler": ode_scheduler(model.config), "num_inference_steps": STEPS, "num_iter": NUM_ITER,
+              "token_cache_interval": None, "generator": seeds(*range(len(prompts["input_ids"]))), **kwargs}
+    return model.generate(**prompts, generation_mode="image", show_progress=False, output_type="latent", **kwargs)
 
 
 def relative(difference: torch.Tensor, reference: torch.Tensor) -> float:
@@ -59,6 +60,35 @@ def test_every_acceleration_changes_nothing_when_off(model, prompts):
         same = generate(model, prompts, scheduler=scheduler, final_num_inference_steps=STEPS, token_cache_interval=1,
                         guidance_cache_interval=1)
         torch.testing.assert_close(same, reference, rtol=0, atol=0)
+
+
+def test_the_default_token_cache_is_interval_8_with_the_prompt_cache_and_off_without(model, prompts):
+    interval_8 = generate(model, prompts, token_cache_interval=8, num_iter=12)
+    exact = generate(model, prompts, num_iter=12)
+    default = model.generate(**prompts, generation_mode="image", show_progress=False, output_type="latent",
+                             generator=seeds(*range(len(prompts["input_ids"]))), scheduler=ode_scheduler(model.config),
+                             num_inference_steps=STEPS, num_iter=12)  # token_cache_interval left at its default
+    torch.testing.assert_close(default, interval_8, rtol=0, atol=0)
+    assert not torch.equal(default, exact)
+    # Without the prompt cache "auto" runs full steps (an explicit interval is refused there).
+    torch.testing.assert_close(generate(model, prompts, token_cache_interval="auto", use_cache=False),
+                               generate(model, prompts, use_cache=False), rtol=0, atol=0)
+
+
+def test_an_inpainted_image_with_the_token_cache_does_not_depend_on_its_batch(model, prompts, digits):
+    """Images regenerating different numbers of tokens run their partial steps apart (never padded together)."""
+    from conftest import digits_to_pixel_values
+
+    pixel_values = digits_to_pixel_values(digits[0][:8])
+    masks = torch.zeros(8, 1, 8, 8)
+    for i in range(8):
+        masks[i, :, : 2 + (i % 4) * 2] = 1  # 4, 8, 12 and 16 tokens to regenerate
+    batch = generate(model, prompts, image=pixel_values, mask_image=masks, token_cache_interval=3)
+    assert not torch.equal(batch, generate(model, prompts, image=pixel_values, mask_image=masks))
+    for i in (1, 2):
+        alone = generate(model, {k: v[i:i + 1] for k, v in prompts.items()}, image=pixel_values[i:i + 1],
+                         mask_image=masks[i:i + 1], token_cache_interval=3, generator=seeds(i))
+        torch.testing.assert_close(batch[i], alone[0], rtol=1e-5, atol=1e-5)
 
 
 def test_step_annealing_runs_fewer_head_steps_later_and_stays_close(model, prompts):
@@ -190,6 +220,7 @@ def test_the_compiled_head_equals_the_eager_head(model, prompts):
     (dict(reconstruction_steps=0), "reconstruction_steps"),
     (dict(reconstruction_steps=NUM_ITER), "reconstruction_steps"),
     (dict(token_cache_interval=0), "token_cache_interval"),
+    (dict(token_cache_interval="always"), "token_cache_interval"),
     (dict(guidance_cache_interval=2.5), "guidance_cache_interval"),
     (dict(token_cache_interval=2, use_cache=False), "use_cache"),
     (dict(compile_head="max-autotune"), "compile_head"),
