@@ -15,7 +15,7 @@ from conftest import TINY_QWEN2, tiny_config
 from peft import get_peft_model
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
-from test_remote_code import REMOTE_SCRIPT, isolated_python_env
+from test_remote_code import REMOTE_SCRIPT, assert_the_installed_code_gives_the_same, isolated_python_env
 from tiny_backbones import build_bpe_tokenizer, save_backbone
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
 
@@ -277,16 +277,7 @@ def test_save_load_and_remote_code_keep_experts_and_freezing(backbones, digit_ro
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.split("REPORT ", 1)[1])
     assert report["modeling_mmar"] is False and report["classes"]["model"].startswith("transformers_modules.")
-    remote = load_file(tmp_path / "outputs.safetensors")
-    prompt = processor(text=["a handwritten seven"], generation_mode="image", return_tensors="pt")
-    with torch.no_grad():
-        logits = model(**local).logits
-        answer = model.generate(**local, max_new_tokens=3, do_sample=False)
-        generated = model.generate(**prompt, generation_mode="image", num_iter=2, num_inference_steps=3,
-                                   generator=torch.Generator().manual_seed(0), output_type="pt", show_progress=False)
-    torch.testing.assert_close(remote["logits"], logits, rtol=0, atol=1e-6)
-    assert torch.equal(remote["answer"], answer)
-    torch.testing.assert_close(remote["image"], generated, rtol=0, atol=1e-6)
+    assert_the_installed_code_gives_the_same(load_file(tmp_path / "outputs.safetensors"), model, processor, local)
 
     # `mmar export` ships the experts' code too.
     assert mmar(["export", str(folder), str(tmp_path / "export")]) == 0

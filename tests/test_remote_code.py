@@ -57,6 +57,21 @@ REMOTE_SCRIPT = textwrap.dedent(
 )
 
 
+def assert_the_installed_code_gives_the_same(remote: dict, model, processor, local: dict) -> torch.Tensor:
+    """REMOTE_SCRIPT's logits, greedy answer and generated image (`remote`) equal the installed code's on the same
+    understanding inputs `local`; returns the image."""
+    prompt = processor(text=["a handwritten seven"], generation_mode="image", return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**local).logits
+        answer = model.generate(**local, max_new_tokens=3, do_sample=False)
+        generated = model.generate(**prompt, generation_mode="image", num_iter=2, num_inference_steps=3,
+                                   generator=torch.Generator().manual_seed(0), output_type="pt", show_progress=False)
+    torch.testing.assert_close(remote["logits"], logits, rtol=0, atol=1e-6)
+    assert torch.equal(remote["answer"], answer)
+    torch.testing.assert_close(remote["image"], generated, rtol=0, atol=1e-6)
+    return generated
+
+
 def isolated_python_env(tmp_path) -> dict:
     site_dirs = [d for d in site.getsitepackages() if os.path.isdir(d)]
     for folder in site_dirs:  # a plain (non-editable) install would make the packages importable anyway
@@ -141,16 +156,7 @@ def test_loads_and_matches_where_the_package_is_not_installed(saved_model, tmp_p
     local = processor(text=["<img>What digit is this?"], images=[image], return_tensors="pt")
     assert torch.equal(remote["input_ids"], local["input_ids"])
     assert torch.equal(remote["pixel_values"], local["pixel_values"])
-    prompt = processor(text=["a handwritten seven"], generation_mode="image", return_tensors="pt")
-    with torch.no_grad():
-        logits = model(input_ids=local["input_ids"], attention_mask=local["attention_mask"],
-                       pixel_values=local["pixel_values"]).logits
-        answer = model.generate(**local, max_new_tokens=3, do_sample=False)
-        generated = model.generate(**prompt, generation_mode="image", num_iter=2, num_inference_steps=3,
-                                   generator=torch.Generator().manual_seed(0), output_type="pt", show_progress=False)
-    torch.testing.assert_close(remote["logits"], logits, rtol=0, atol=1e-6)
-    assert torch.equal(remote["answer"], answer)
-    torch.testing.assert_close(remote["image"], generated, rtol=0, atol=1e-6)
+    generated = assert_the_installed_code_gives_the_same(remote, model, processor, local)
     assert generated.std() > 0  # the images really came from the (perturbed) head
 
 
