@@ -9,6 +9,9 @@
     training:      transformers.TrainingArguments fields
     evaluation:    how `mmar demo` samples and scores (num_iter, guidance_scale, seeds_per_digit, ...)
     time_budget:   seconds of training after which it stops cleanly (null = no limit)
+    pretrained_learning_rate: learning rate of the weights that come from the LLM (image experts, or the LLM itself
+                   when it trains); MMAR's new parts (image embedder, diffusion head) keep training.learning_rate.
+                   null = one learning rate for everything
     vae_training:  `mmar demo` only: a `mmar train-vae` config (relative to this file) run first when model.vae is unset
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import math
 import re
 from pathlib import Path
 
@@ -55,7 +59,7 @@ EVALUATION_KEYS = {
     "batch_size": "images generated / captioned per batch",
 }
 TOP_LEVEL_KEYS = ("seed", "data", "model", "collator", "mask_schedule", "training", "evaluation", "time_budget",
-                  "vae_training")
+                  "pretrained_learning_rate", "vae_training")
 
 
 class _Loader(yaml.SafeLoader):
@@ -211,6 +215,10 @@ def validate_config(config: dict, source: str = "config") -> None:
     budget = config.get("time_budget")
     if budget is not None and (not isinstance(budget, (int, float)) or budget <= 0):
         raise ValueError(f"time_budget must be a positive number of seconds or null, got {budget!r}")
+    pretrained_lr = config.get("pretrained_learning_rate")
+    if pretrained_lr is not None and (isinstance(pretrained_lr, bool) or not isinstance(pretrained_lr, (int, float))
+                                      or not math.isfinite(pretrained_lr) or pretrained_lr <= 0):
+        raise ValueError(f"pretrained_learning_rate must be a positive finite number or null, got {pretrained_lr!r}")
     if not isinstance(config.get("seed", 0), int):
         raise ValueError(f"seed must be an integer, got {config.get('seed')!r}")
 

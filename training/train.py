@@ -51,15 +51,35 @@ class MMARTrainer(Trainer):
     """`Trainer` that logs MMAR's text and image losses beside the total, for training and evaluation, and uses
     its own (fixed-seed) collator for evaluation so that held-out losses are comparable along the run."""
 
-    def __init__(self, *args, eval_data_collator=None, **kwargs):
+    def __init__(self, *args, eval_data_collator=None, pretrained_learning_rate: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_data_collator = eval_data_collator
+        self.pretrained_learning_rate = pretrained_learning_rate
         self._loss_sums = {"train": defaultdict(float), "eval": defaultdict(float)}
         self._loss_counts = {"train": defaultdict(float), "eval": defaultdict(float)}
         self._loss_composition_checked = False
         self.mmar = _mmar_model(self.model)
         if self.mmar is not None:  # N processes train what one process trains (training/distributed.py)
             every_parameter_gets_a_gradient(self.mmar)
+
+    def create_optimizer(self, model=None):
+        """Trainer's optimizer; with `pretrained_learning_rate`, the weights that come from the LLM train at that rate
+        and MMAR's new parts (NEW_PART_PREFIXES) at `args.learning_rate` (as VLMs train a new projector faster than
+        the LLM it feeds: the LLM's rate would wipe out what pretraining taught its copies)."""
+        optimizer = super().create_optimizer(model)
+        if self.pretrained_learning_rate is None:
+            return optimizer
+        names = {id(p): n for n, p in (self.model if model is None else model).named_parameters()}
+        groups = []
+        for group in optimizer.param_groups:
+            new = [p for p in group["params"] if is_new_part(names[id(p)])]
+            pretrained = [p for p in group["params"] if not is_new_part(names[id(p)])]
+            groups += [{**group, "params": new}, {**group, "params": pretrained, "lr": self.pretrained_learning_rate}]
+        optimizer.param_groups = []
+        for group in groups:
+            if group["params"]:
+                optimizer.add_param_group(group)
+        return optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         seeds = inputs.pop(ROW_SEEDS, None)
@@ -132,6 +152,14 @@ class MMARTrainer(Trainer):
             return super().get_eval_dataloader(eval_dataset)
         finally:
             self.data_collator = train_collator
+
+
+NEW_PART_PREFIXES = ("diffusion_head.", "image_embedder.")  # what MMAR adds to an LLM (the VAE is frozen)
+
+
+def is_new_part(parameter_name: str) -> bool:
+    """Whether a parameter belongs to a part MMAR adds to the LLM (not initialised from it)."""
+    return any(prefix in parameter_name for prefix in NEW_PART_PREFIXES)
 
 
 def _mmar_model(model):
@@ -338,6 +366,7 @@ def build_run(config: dict, output_dir: str | None = None) -> TrainingRun:
         eval_data_collator=RowSeedCollator(eval_collator),
         processing_class=processor,
         callbacks=[stage_callback, time_budget, CpuThreadsCallback()],
+        pretrained_learning_rate=config.get("pretrained_learning_rate"),
     )
     return TrainingRun(config, tokenizer, model, processor, train_dataset, eval_dataset, collator, trainer,
                        time_budget)
