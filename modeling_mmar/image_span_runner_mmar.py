@@ -52,9 +52,7 @@ class ImageSpanRunner:
         self.num_conditional = num_conditional
         self.token_cache_interval = _check_interval("token_cache_interval", token_cache_interval)
         self.guidance_cache_interval = _check_interval("guidance_cache_interval", guidance_cache_interval)
-        if self.token_cache_interval == "auto" and not use_cache:  # nothing to extend: exact full steps
-            self.token_cache_interval = None
-        if self.token_cache_interval and not use_cache:
+        if self.token_cache_interval not in (None, "auto") and not use_cache:
             raise ValueError("token_cache_interval reuses keys and values across steps: it needs use_cache=True")
         rows, prefix_length = prefix_ids.shape
         device = prefix_ids.device
@@ -83,8 +81,8 @@ class ImageSpanRunner:
             self.prefix_embeds = prefix_embeds
         self.use_cache = use_cache
         self.uncond_offset = None  # condition cache: unconditional - conditional states of the last full step
-        if self.token_cache_interval == "auto":  # on where the cache allows it, else exact full steps
-            extendable = self._extendable(self.caches[rows])
+        if self.token_cache_interval == "auto":  # on where there is a cache that allows it, else exact full steps
+            extendable = use_cache and self._extendable(self.caches[rows])
             self.token_cache_interval = DEFAULT_TOKEN_CACHE_INTERVAL if extendable else None
         if self.token_cache_interval:
             cache = self.caches[rows]

@@ -98,3 +98,24 @@ def test_the_smollm2_run_config_trains_on_a_tiny_gguf_stand_in(gguf_backbone, tm
     text = processor.tokenizer(["The quick brown fox"], return_tensors="pt")
     with torch.no_grad():  # trained, and the text model is still the GGUF's, bit for bit
         assert torch.equal(model.model(**text).last_hidden_state, text_model.model(**text).last_hidden_state)
+
+
+def test_the_smollm2_mnist_config_trains_through_a_vae_on_a_tiny_gguf_stand_in(gguf_backbone, tmp_path):
+    """`training/configs/smollm2-mnist.yaml` (2 steps): the GGUF stand-in reads MNIST as a tiny VAE's latents."""
+    from training.vae import load_vae_config, train_vae
+
+    vae_config = load_vae_config(os.path.join(CONFIG_DIR, "vae-mnist.yaml"), [
+        "training.max_steps=2", "training.batch_size=8", "vae.block_out_channels=[8, 8, 8]", "vae.norm_num_groups=4"])
+    train_vae(vae_config, tmp_path / "vae")
+    path, text_model, _ = gguf_backbone
+    config = load_config(os.path.join(CONFIG_DIR, "smollm2-mnist.yaml"), [
+        f"model.base_model={path}", f"model.vae={tmp_path / 'vae'}", "model.head_width=32", "model.head_depth=1",
+        "training.max_steps=2", "training.per_device_train_batch_size=8", "training.bf16=false",
+        f"training.output_dir={tmp_path / 'run'}", "collator.chat_replay_ratio=0.0"])
+    run = train(config)
+    assert {"text_loss", "image_loss"} <= set(next(e for e in run.trainer.state.log_history if "loss" in e))
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "run")
+    assert (model.config.image_size, model.config.token_dim, model.config.image_expert) == (32, 16, "attention")
+    text = AutoProcessor.from_pretrained(tmp_path / "run").tokenizer(["The quick brown fox"], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(model.model(**text).last_hidden_state, text_model.model(**text).last_hidden_state)

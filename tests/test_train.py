@@ -50,6 +50,9 @@ def test_overrides_are_parsed_as_yaml_values():
         ("training.max_steps", r"must look like section\.key=value"),
         ("training.max_steps.x=3", r"training\.max_steps is a value, not a section"),
         ("time_budget=-5", r"time_budget must be a positive number"),
+        ("pretrained_learning_rate=-1e-4", r"pretrained_learning_rate must be a positive finite number"),
+        ("pretrained_learning_rate=.nan", r"pretrained_learning_rate must be a positive finite number"),
+        ("pretrained_learning_rate=true", r"pretrained_learning_rate must be a positive finite number"),
     ],
 )
 def test_bad_config_keys_are_named(override, message):
@@ -144,6 +147,26 @@ def test_gradient_checkpointing_and_bf16_options(tmp_path):
                      "training.bf16=true"), output_dir=str(tmp_path / "out"))
     assert run.model.model.language_model.is_gradient_checkpointing
     assert all(math.isfinite(e["loss"]) for e in train_logs(run.trainer.state.log_history))
+
+
+def test_weights_from_the_llm_train_at_the_pretrained_learning_rate(tmp_path):
+    run = train(tiny("training.max_steps=3", "training.eval_strategy=no", "training.warmup_steps=0",
+                     "pretrained_learning_rate=1e-12"), output_dir=str(tmp_path / "out"))
+    learning_rate = run.trainer.args.learning_rate
+    rates = {id(p): group["initial_lr"] for group in run.trainer.optimizer.param_groups for p in group["params"]}
+    trainable = {name: p for name, p in run.model.named_parameters() if p.requires_grad}
+    assert set(rates) == {id(p) for p in trainable.values()}  # every trainable weight, once
+    for name, parameter in trainable.items():
+        new_part = name.startswith(("diffusion_head.", "model.image_embedder."))
+        assert rates[id(parameter)] == (learning_rate if new_part else 1e-12), name
+    # The LLM's weights barely move, the head's do.
+    state = run.trainer.optimizer.state
+    llm_weight = run.model.model.language_model.layers[0].mlp.up_proj.weight
+    head_weight = run.model.diffusion_head.condition_proj.weight
+    assert state[llm_weight]["step"] == state[head_weight]["step"] == 3
+    initial = train(tiny("training.max_steps=0", "training.eval_strategy=no"), output_dir=str(tmp_path / "init")).model
+    assert torch.allclose(llm_weight, initial.model.language_model.layers[0].mlp.up_proj.weight, atol=1e-9)
+    assert not torch.allclose(head_weight, initial.diffusion_head.condition_proj.weight, atol=1e-4)
 
 
 def test_mmar_train_command_with_a_time_budget(tmp_path, capsys):
