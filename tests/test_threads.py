@@ -7,7 +7,7 @@ import time
 import torch
 from transformers import TrainerState, TrainingArguments
 
-from training.threads import CpuThreadsCallback, cores_busy_elsewhere, threads_for
+from training.threads import CpuThreadsCallback, cores_busy_elsewhere, cpu_has_native_bf16, threads_for
 
 
 def test_threads_are_the_cores_left_over():
@@ -40,3 +40,24 @@ def test_a_fixed_thread_count_is_left_alone(tmp_path, monkeypatch):
     before = torch.get_num_threads()
     callback.on_train_begin(TrainingArguments(str(tmp_path), use_cpu=True), TrainerState(), None)
     assert not callback.enabled and callback.history == [] and torch.get_num_threads() == before
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
+    with_bf16, without = tmp_path / "with", tmp_path / "without"
+    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile\n")
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    assert cpu_has_native_bf16(str(with_bf16)) is True
+    assert cpu_has_native_bf16(str(without)) is False
+    assert cpu_has_native_bf16(str(tmp_path / "missing")) is None
+
+
+def test_bf16_on_a_cpu_without_it_says_what_it_costs(monkeypatch, capsys, tmp_path):
+    from training import train
+
+    monkeypatch.setattr(train.torch.accelerator, "is_available", lambda: False)
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
+    args = train.build_training_arguments({"bf16": True, "max_steps": 1}, output_dir=str(tmp_path))
+    assert args.bf16 and "training.bf16=false trains in fp32" in capsys.readouterr().out
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
+    train.build_training_arguments({"bf16": True, "max_steps": 1}, output_dir=str(tmp_path))
+    assert "without native bf16" not in capsys.readouterr().out

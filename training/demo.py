@@ -34,6 +34,7 @@ from .cli import DEFAULT_TIME_BUDGET
 from .data import DIGIT_DATASETS, DIGIT_WORDS, DIGITS_QUESTION, digit_caption, digit_dataset_arrays, first_named_digit
 from .plots import plot_captioned_images, plot_digit_grid, plot_loss
 from .run_config import DEFAULT_CONFIG, load_config
+from .threads import cpu_has_native_bf16
 from .train import build_run, save_trained
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
@@ -257,6 +258,8 @@ def run_demo(output_dir: str = "./mmar-demo", config_path: str | Path = DEFAULT_
             stopped_by_time_budget=run.time_budget.stopped_at_step is not None,
             total_seconds=time.monotonic() - start,
             torch_threads=torch.get_num_threads(),
+            precision="bf16 autocast" if run.trainer.args.bf16 else "fp32",
+            cpu_native_bf16=cpu_has_native_bf16(),
             targets=TARGETS,
             targets_met={k: metrics[k] >= v for k, v in TARGETS.items()},
             evaluation=evaluation,
