@@ -26,6 +26,7 @@ from .callbacks import MaskStageCallback, TimeBudgetCallback
 from .collator import MMARDataCollator
 from .data import DIGIT_DATASETS, digits_corpus, load_digit_dataset, load_image_text_dataset
 from .image_token_cache import add_image_tokens
+from .learning_rates import train_pretrained_weights_at
 from .distributed import (check_launch, check_loss_composition, check_resume, choose_fsdp_units, every_parameter_gets_a_gradient,
                           engine_in_use, global_batch_loss, is_engine_checkpoint, peak_memory_mib, save_gathered_model,
                           sharded_parameter_count, use_fsdp_on_cpu_processes)
@@ -63,22 +64,11 @@ class MMARTrainer(Trainer):
             every_parameter_gets_a_gradient(self.mmar)
 
     def create_optimizer(self, model=None):
-        """Trainer's optimizer; with `pretrained_learning_rate`, the weights that come from the LLM train at that rate
-        and MMAR's new parts (NEW_PART_PREFIXES) at `args.learning_rate` (as VLMs train a new projector faster than
-        the LLM it feeds: the LLM's rate would wipe out what pretraining taught its copies)."""
+        """Trainer's optimizer; with `pretrained_learning_rate`, split by origin (training/learning_rates.py)."""
         optimizer = super().create_optimizer(model)
-        if self.pretrained_learning_rate is None:
-            return optimizer
-        names = {id(p): n for n, p in (self.model if model is None else model).named_parameters()}
-        groups = []
-        for group in optimizer.param_groups:
-            new = [p for p in group["params"] if is_new_part(names[id(p)])]
-            pretrained = [p for p in group["params"] if not is_new_part(names[id(p)])]
-            groups += [{**group, "params": new}, {**group, "params": pretrained, "lr": self.pretrained_learning_rate}]
-        optimizer.param_groups = []
-        for group in groups:
-            if group["params"]:
-                optimizer.add_param_group(group)
+        if self.pretrained_learning_rate is not None:
+            train_pretrained_weights_at(optimizer, self.model if model is None else model,
+                                        self.pretrained_learning_rate)
         return optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -152,14 +142,6 @@ class MMARTrainer(Trainer):
             return super().get_eval_dataloader(eval_dataset)
         finally:
             self.data_collator = train_collator
-
-
-NEW_PART_PREFIXES = ("diffusion_head.", "image_embedder.")  # what MMAR adds to an LLM (the VAE is frozen)
-
-
-def is_new_part(parameter_name: str) -> bool:
-    """Whether a parameter belongs to a part MMAR adds to the LLM (not initialised from it)."""
-    return any(prefix in parameter_name for prefix in NEW_PART_PREFIXES)
 
 
 def _mmar_model(model):
