@@ -156,6 +156,9 @@ def test_weights_from_the_llm_train_at_the_pretrained_learning_rate(tmp_path):
     rates = {id(p): group["initial_lr"] for group in run.trainer.optimizer.param_groups for p in group["params"]}
     trainable = {name: p for name, p in run.model.named_parameters() if p.requires_grad}
     assert set(rates) == {id(p) for p in trainable.values()}  # every trainable weight, once
+    groups = [(group["lr"], len(group["params"])) for group in run.trainer.optimizer.param_groups]
+    assert run.trainer.create_optimizer() is run.trainer.optimizer  # asked again: the same optimizer, split once
+    assert [(group["lr"], len(group["params"])) for group in run.trainer.optimizer.param_groups] == groups
     for name, parameter in trainable.items():
         new_part = name.startswith(("diffusion_head.", "model.image_embedder."))
         assert rates[id(parameter)] == (learning_rate if new_part else 1e-12), name

@@ -9,6 +9,7 @@ rest, re-checking as training goes, so a shared machine degrades gracefully. An 
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 
@@ -19,6 +20,7 @@ RECHECK_SECONDS = 20.0
 MEASURE_SECONDS = 1.0  # the stretch of training over which the other processes' load is measured
 
 
+@functools.lru_cache(maxsize=None)  # the CPU does not change while a run asks twice (arguments, then metrics)
 def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16 in /proc/cpuinfo's flags); None where
     /proc/cpuinfo cannot be read. Without it, torch emulates bf16 matmuls (~10x slower than fp32 here)."""

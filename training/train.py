@@ -25,11 +25,11 @@ from transformers import Trainer, TrainingArguments, set_seed
 from .callbacks import MaskStageCallback, TimeBudgetCallback
 from .collator import MMARDataCollator
 from .data import DIGIT_DATASETS, digits_corpus, load_digit_dataset, load_image_text_dataset
-from .image_token_cache import add_image_tokens
-from .learning_rates import train_pretrained_weights_at
 from .distributed import (check_launch, check_loss_composition, check_resume, choose_fsdp_units, every_parameter_gets_a_gradient,
                           engine_in_use, global_batch_loss, is_engine_checkpoint, peak_memory_mib, save_gathered_model,
                           sharded_parameter_count, use_fsdp_on_cpu_processes)
+from .image_token_cache import add_image_tokens
+from .learning_rates import train_pretrained_weights_at
 from .plots import plot_loss
 from .row_noise import ROW_SEEDS, RowSeedCollator, row_generators
 from .run_config import load_config
@@ -65,8 +65,9 @@ class MMARTrainer(Trainer):
 
     def create_optimizer(self, model=None):
         """Trainer's optimizer; with `pretrained_learning_rate`, split by origin (training/learning_rates.py)."""
+        fresh = self.optimizer is None  # Trainer returns the one it has; its groups are split already
         optimizer = super().create_optimizer(model)
-        if self.pretrained_learning_rate is not None:
+        if fresh and self.pretrained_learning_rate is not None:
             train_pretrained_weights_at(optimizer, self.model if model is None else model,
                                         self.pretrained_learning_rate)
         return optimizer
