@@ -69,6 +69,11 @@ def test_demo_prints_a_table(tmp_path, capsys):
     table = demo.format_table(metrics)
     assert "all 10 planned steps" in table
     assert "97.0%" in table and "36.00" in table and ">= 95%" in table and "100 noise images" in table
+    assert "<= 600 s on 2 CPU cores" in table  # the digits default's target
+    metrics.update(dataset="mnist")
+    assert "<= 1200 s on 2 CPU cores" in demo.format_table(metrics)
+    metrics.update(evaluation={"wall_time_target": 3600})  # a config's own, e.g. smollm2-digits.yaml
+    assert "<= 3600 s on 2 CPU cores" in demo.format_table(metrics)
 
 
 def test_failed_demo_leaves_the_previous_output_untouched(demo_output, monkeypatch):

@@ -53,6 +53,8 @@ def test_overrides_are_parsed_as_yaml_values():
         ("pretrained_learning_rate=-1e-4", r"pretrained_learning_rate must be a positive finite number"),
         ("pretrained_learning_rate=.nan", r"pretrained_learning_rate must be a positive finite number"),
         ("pretrained_learning_rate=true", r"pretrained_learning_rate must be a positive finite number"),
+        ("evaluation.wall_time_target=0", r"evaluation\.wall_time_target must be a positive number"),
+        ("evaluation.wall_time_target=.inf", r"evaluation\.wall_time_target must be a positive number"),
     ],
 )
 def test_bad_config_keys_are_named(override, message):

@@ -57,6 +57,7 @@ EVALUATION_KEYS = {
     "num_inference_steps": "diffusion steps per token",
     "max_new_tokens": "caption length limit",
     "batch_size": "images generated / captioned per batch",
+    "wall_time_target": "seconds the whole run should take (default: the embedded dataset's target)",
 }
 TOP_LEVEL_KEYS = ("seed", "data", "model", "collator", "mask_schedule", "training", "evaluation", "time_budget",
                   "pretrained_learning_rate", "vae_training")
@@ -189,6 +190,10 @@ def _check_keys(section: str, values, allowed, hint: str = "") -> None:
                          f"known {section} keys: {known}")
 
 
+def _positive_finite(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
 def validate_config(config: dict, source: str = "config") -> None:
     unknown = sorted(set(config) - set(TOP_LEVEL_KEYS))
     if unknown:
@@ -216,9 +221,12 @@ def validate_config(config: dict, source: str = "config") -> None:
     if budget is not None and (not isinstance(budget, (int, float)) or budget <= 0):
         raise ValueError(f"time_budget must be a positive number of seconds or null, got {budget!r}")
     pretrained_lr = config.get("pretrained_learning_rate")
-    if pretrained_lr is not None and (isinstance(pretrained_lr, bool) or not isinstance(pretrained_lr, (int, float))
-                                      or not math.isfinite(pretrained_lr) or pretrained_lr <= 0):
+    if pretrained_lr is not None and not _positive_finite(pretrained_lr):
         raise ValueError(f"pretrained_learning_rate must be a positive finite number or null, got {pretrained_lr!r}")
+    wall_time_target = (config.get("evaluation") or {}).get("wall_time_target")
+    if wall_time_target is not None and not _positive_finite(wall_time_target):
+        raise ValueError(f"evaluation.wall_time_target must be a positive number of seconds or null, "
+                         f"got {wall_time_target!r}")
     if not isinstance(config.get("seed", 0), int):
         raise ValueError(f"seed must be an integer, got {config.get('seed')!r}")
 
