@@ -182,7 +182,8 @@ def loss_part_counts(inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return text.to(torch.float64), image.to(torch.float64)
 
 
-def global_batch_loss(outputs, inputs: dict, config, num_processes: int, reduce_sum) -> tuple[torch.Tensor, dict]:
+def global_batch_loss(outputs, inputs: dict, config, num_processes: int, reduce_sum,
+                      totals: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """This process's share of the global batch's loss, times `num_processes` (the engines average gradients over
     processes): text_loss_weight * text_loss * n_text / N_text + image_loss_weight * image_loss * n_image / N_image,
     with n this process's counts and N their sums over processes (`reduce_sum`). With one process it is the model's
@@ -190,9 +191,13 @@ def global_batch_loss(outputs, inputs: dict, config, num_processes: int, reduce_
 
     Also returns each part's share of the global mean, {name: (share, count_share)}: summed over processes they give
     the part's mean over the global batch and 1 (0 when no process had that part).
+
+    `totals`, when `inputs` is one part of this process's batch (training/task_forwards.py): the whole batch's counts
+    N, already summed over processes.
     """
     counts = torch.stack(loss_part_counts(inputs))
-    totals = reduce_sum(counts.clone()) if num_processes > 1 else counts
+    if totals is None:
+        totals = reduce_sum(counts.clone()) if num_processes > 1 else counts
     weights = {"text_loss": float(getattr(config, "text_loss_weight", 1.0)),
                "image_loss": float(getattr(config, "image_loss_weight", 1.0))}
     loss, shares = None, {}

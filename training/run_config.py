@@ -12,6 +12,8 @@
     pretrained_learning_rate: learning rate of the weights that come from the LLM (image experts, or the LLM itself
                    when it trains); MMAR's new parts (image embedder, diffusion head) keep training.learning_rate.
                    null = one learning rate for everything
+    forward_per_task: true = understanding and generation rows of a batch run as two forwards, each padded to its
+                   own longest row (the same loss, less padding: training/task_forwards.py); one process only
     vae_training:  `mmar demo` only: a `mmar train-vae` config (relative to this file) run first when model.vae is unset
 """
 
@@ -60,7 +62,7 @@ EVALUATION_KEYS = {
     "wall_time_target": "seconds the whole run should take (default: the embedded dataset's target)",
 }
 TOP_LEVEL_KEYS = ("seed", "data", "model", "collator", "mask_schedule", "training", "evaluation", "time_budget",
-                  "pretrained_learning_rate", "vae_training")
+                  "pretrained_learning_rate", "forward_per_task", "vae_training")
 
 
 class _Loader(yaml.SafeLoader):
@@ -223,6 +225,8 @@ def validate_config(config: dict, source: str = "config") -> None:
     pretrained_lr = config.get("pretrained_learning_rate")
     if pretrained_lr is not None and not _positive_finite(pretrained_lr):
         raise ValueError(f"pretrained_learning_rate must be a positive finite number or null, got {pretrained_lr!r}")
+    if not isinstance(config.get("forward_per_task", False), bool):
+        raise ValueError(f"forward_per_task must be true or false, got {config.get('forward_per_task')!r}")
     wall_time_target = (config.get("evaluation") or {}).get("wall_time_target")
     if wall_time_target is not None and not _positive_finite(wall_time_target):
         raise ValueError(f"evaluation.wall_time_target must be a positive number of seconds or null, "

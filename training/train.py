@@ -26,13 +26,14 @@ from .callbacks import MaskStageCallback, TimeBudgetCallback
 from .collator import MMARDataCollator
 from .data import DIGIT_DATASETS, digits_corpus, load_digit_dataset, load_image_text_dataset
 from .distributed import (check_launch, check_loss_composition, check_resume, choose_fsdp_units, every_parameter_gets_a_gradient,
-                          engine_in_use, global_batch_loss, is_engine_checkpoint, peak_memory_mib, save_gathered_model,
-                          sharded_parameter_count, use_fsdp_on_cpu_processes)
+                          engine_in_use, global_batch_loss, is_engine_checkpoint, loss_part_counts, peak_memory_mib,
+                          save_gathered_model, sharded_parameter_count, use_fsdp_on_cpu_processes)
 from .image_token_cache import add_image_tokens
 from .learning_rates import train_pretrained_weights_at
 from .plots import plot_loss
 from .row_noise import ROW_SEEDS, RowSeedCollator, row_generators
 from .run_config import load_config
+from .task_forwards import task_groups
 from .threads import CpuThreadsCallback, cpu_has_native_bf16
 
 LOSS_PARTS = ("text_loss", "image_loss")
@@ -52,10 +53,15 @@ class MMARTrainer(Trainer):
     """`Trainer` that logs MMAR's text and image losses beside the total, for training and evaluation, and uses
     its own (fixed-seed) collator for evaluation so that held-out losses are comparable along the run."""
 
-    def __init__(self, *args, eval_data_collator=None, pretrained_learning_rate: float | None = None, **kwargs):
+    def __init__(self, *args, eval_data_collator=None, pretrained_learning_rate: float | None = None,
+                 forward_per_task: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_data_collator = eval_data_collator
         self.pretrained_learning_rate = pretrained_learning_rate
+        if forward_per_task and self.accelerator.num_processes > 1:
+            # DDP, FSDP and DeepSpeed expect one forward per backward on every process.
+            raise ValueError("forward_per_task runs several forwards per step: use it with one process")
+        self.forward_per_task = forward_per_task
         self._loss_sums = {"train": defaultdict(float), "eval": defaultdict(float)}
         self._loss_counts = {"train": defaultdict(float), "eval": defaultdict(float)}
         self._loss_composition_checked = False
@@ -76,6 +82,21 @@ class MMARTrainer(Trainer):
         seeds = inputs.pop(ROW_SEEDS, None)
         if seeds is not None and self.mmar is not None and inputs.get("image_mask") is not None:
             inputs["generator"] = row_generators(seeds)  # each row's diffusion noise from its own seed (row_noise.py)
+        if self.forward_per_task and model.training and self.mmar is not None:
+            groups = task_groups(inputs, self.mmar.config.image_token_id, self.mmar.config.tokens_per_image)
+            if len(groups) > 1:  # the batch's loss, one forward per task (training/task_forwards.py)
+                totals = torch.stack(loss_part_counts(inputs))
+                parts = [self._loss_of(model, group, num_items_in_batch, totals, count_batch=index == 0)
+                         for index, group in enumerate(groups)]
+                loss = sum(part_loss for part_loss, _ in parts)
+                return (loss, parts[-1][1]) if return_outputs else loss
+        loss, outputs = self._loss_of(model, inputs, num_items_in_batch)
+        return (loss, outputs) if return_outputs else loss
+
+    def _loss_of(self, model, inputs, num_items_in_batch, totals=None, count_batch=True):
+        """One forward's loss; in training its share of the global batch's loss (`totals`: the counts of the whole
+        batch when `inputs` is part of it), with each loss part's share kept for logging (the batch counted once:
+        `count_batch` for one of its parts only)."""
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         split = "train" if model.training else "eval"
         if split == "train" and isinstance(outputs, dict) and self.mmar is not None:
@@ -83,19 +104,20 @@ class MMARTrainer(Trainer):
             if not self._loss_composition_checked:
                 check_loss_composition(outputs, config)
                 self._loss_composition_checked = True
-            # The loss of the global batch, whatever the number of processes it is split over.
+            # The loss of the global batch, whatever the number of processes (or forwards) it is split over.
             loss, shares = global_batch_loss(outputs, inputs, config, self.accelerator.num_processes,
-                                             lambda t: self.accelerator.reduce(t, reduction="sum"))
+                                             lambda t: self.accelerator.reduce(t, reduction="sum"), totals)
             for name, (share, count) in shares.items():  # kept on the device: no synchronisation per step
                 self._loss_sums[split][name] = self._loss_sums[split][name] + share
-                self._loss_counts[split][name] = self._loss_counts[split][name] + count
+                if count_batch:
+                    self._loss_counts[split][name] = self._loss_counts[split][name] + count
         else:
             for name in LOSS_PARTS:
                 value = outputs.get(name) if isinstance(outputs, dict) else None
                 if value is not None:
                     self._loss_sums[split][name] = self._loss_sums[split][name] + value.detach().double()
                     self._loss_counts[split][name] = self._loss_counts[split][name] + 1.0
-        return (loss, outputs) if return_outputs else loss
+        return loss, outputs
 
     def _drain_loss_parts(self, split: str) -> dict[str, float]:
         """Mean of each loss part since the last call, over every process (all processes must call this)."""
@@ -353,6 +375,7 @@ def build_run(config: dict, output_dir: str | None = None) -> TrainingRun:
         processing_class=processor,
         callbacks=[stage_callback, time_budget, CpuThreadsCallback()],
         pretrained_learning_rate=config.get("pretrained_learning_rate"),
+        forward_per_task=bool(config.get("forward_per_task", False)),
     )
     return TrainingRun(config, tokenizer, model, processor, train_dataset, eval_dataset, collator, trainer,
                        time_budget)
