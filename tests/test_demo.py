@@ -59,6 +59,22 @@ def test_demo_metrics_are_complete_and_consistent(demo_output):
     assert metrics["train_steps"] == 3 and metrics["total_seconds"] >= metrics["train_seconds"] > 0
     assert metrics["targets"] == {"caption_accuracy": 0.95, "generated_digit_accuracy": 0.9}
     assert set(metrics["targets_met"]) == set(metrics["targets"])
+    # does drawing read the caption: the image loss with the true caption, a wrong one and none (same noise)
+    losses = [metrics[f"image_loss_{k}_caption"] for k in ("true", "wrong", "no")]
+    assert all(0.0 < loss < 10.0 for loss in losses)
+
+
+def test_image_loss_by_caption_uses_the_same_noise_for_every_caption(demo_output):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from training.data import load_digit_dataset
+
+    model = AutoModelForImageTextToText.from_pretrained(demo_output / "model").eval()
+    processor = AutoProcessor.from_pretrained(demo_output / "model")
+    heldout = load_digit_dataset("digits", seed=0)["heldout"]
+    first = demo.image_loss_by_caption(model, processor, heldout, batch_size=8, seed=0, num_images=12)
+    assert demo.image_loss_by_caption(model, processor, heldout, batch_size=5, seed=0, num_images=12) == \
+        pytest.approx(first, rel=1e-5)  # a function of the weights and the images alone, whatever the batching
 
 
 def test_demo_prints_a_table(tmp_path, capsys):
@@ -70,6 +86,8 @@ def test_demo_prints_a_table(tmp_path, capsys):
     assert "all 10 planned steps" in table
     assert "97.0%" in table and "36.00" in table and ">= 95%" in table and "100 noise images" in table
     assert "<= 600 s on 2 CPU cores" in table  # the digits default's target
+    metrics.update(image_loss_true_caption=0.3231, image_loss_wrong_caption=0.4874, image_loss_no_caption=0.386)
+    assert "0.323/0.487/0.386" in demo.format_table(metrics)
     metrics.update(dataset="mnist")
     assert "<= 1200 s on 2 CPU cores" in demo.format_table(metrics)
     metrics.update(evaluation={"wall_time_target": 3600})  # a config's own, e.g. smollm2-digits.yaml

@@ -107,6 +107,33 @@ def generate_digits(model, processor, evaluation: dict) -> tuple[torch.Tensor, n
     return torch.cat(images).float(), digits
 
 
+@torch.no_grad()
+def image_loss_by_caption(model, processor, heldout, batch_size: int, seed: int, num_images: int = 100) -> dict:
+    """Does drawing read the caption? The image loss of `num_images` held-out digits with every token hidden (as at
+    sampling's first step) given the true caption, a wrong one (the digit three further on) and none. Each image's
+    diffusion noise comes from a generator seeded with its held-out row, the same for the three captions whatever the
+    batching, so a model that ignores its caption gives three equal losses."""
+    rows = np.random.default_rng(seed).choice(len(heldout), size=min(num_images, len(heldout)), replace=False)
+    images, labels = [heldout[int(i)]["image"] for i in rows], [int(heldout[int(i)]["label"]) for i in rows]
+    captions = {"true": [digit_caption(d) for d in labels],
+                "wrong": [digit_caption((d + 3) % 10) for d in labels],
+                "no": [""] * len(labels)}
+    losses = {}
+    for name, texts in captions.items():
+        total = 0.0
+        for start in range(0, len(texts), batch_size):
+            batch_texts = [f"{c}{processor.image_token}{processor.tokenizer.eos_token}"
+                           for c in texts[start : start + batch_size]]
+            inputs = processor(text=batch_texts, images=images[start : start + batch_size], padding=True,
+                               padding_side="right", return_tensors="pt")
+            inputs.pop("token_type_ids", None)
+            hidden = torch.ones(len(batch_texts), model.config.tokens_per_image, dtype=torch.bool)
+            generators = [torch.Generator().manual_seed(int(row)) for row in rows[start : start + batch_size]]
+            total += float(model(**inputs, image_mask=hidden, generator=generators).image_loss) * len(batch_texts)
+        losses[f"image_loss_{name}_caption"] = total / len(texts)
+    return losses
+
+
 def _gray(images) -> np.ndarray:
     """[N, C, H, W] in [0, 1] -> [N, H, W] grayscale for the judge-based metrics."""
     array = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
@@ -148,6 +175,7 @@ def evaluate_run(model, processor, heldout, evaluation: dict, seed: int, dataset
         "num_heldout_images": len(labels),
         "num_generated_images": len(generated),
     }
+    metrics.update(image_loss_by_caption(model, processor, heldout, evaluation["batch_size"], seed))
     artefacts = {"answers": answers, "labels": labels, "images": images, "digits": digits}
     return metrics, artefacts
 
@@ -191,6 +219,12 @@ def format_table(metrics: dict) -> str:
         ("digit-FD floor: all real train digits", f"{metrics['digit_fd_floor_all_train_vs_heldout']:.2f}", ""),
         (f"digit-FD ceiling: {count} noise images", f"{metrics['digit_fd_ceiling_noise']:.2f}", ""),
         ("judge accuracy on real held-out digits", f"{metrics['judge_heldout_accuracy']:.1%}", ""),
+    ]
+    if "image_loss_true_caption" in metrics:
+        rows.append(("image loss, all hidden: caption true/wrong/none",
+                     "/".join(f"{metrics[f'image_loss_{k}_caption']:.3f}" for k in ("true", "wrong", "no")),
+                     "true < wrong: drawing reads the caption"))
+    rows += [
         ("training steps / seconds", f"{metrics['train_steps']} / {metrics['train_seconds']:.0f}",
          f"of {metrics['planned_steps']} planned: STOPPED BY THE TIME BUDGET" if metrics.get("stopped_by_time_budget")
          else f"all {metrics.get('planned_steps', metrics['train_steps'])} planned steps"),
