@@ -371,6 +371,17 @@ def test_a_split_batch_refusal_comes_before_training(tmp_path, monkeypatch, caps
     assert "3 does not divide 8" in capsys.readouterr().err and not out.exists()
 
 
+def test_forward_per_task_is_refused_on_more_than_one_process(tmp_path, monkeypatch, capsys):
+    check_launch({}, env={"WORLD_SIZE": "1"}, forward_per_task=True)
+    from training.cli import main as mmar
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "out"
+    assert mmar(["train", "--config", str(TINY), "--output-dir", str(out), "forward_per_task=true"]) == 2
+    assert "forward_per_task runs two forwards per step, which 2 processes" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_fsdp_units_are_the_decoder_layers(tmp_path):
     model = build_run(tiny(), output_dir=str(tmp_path)).model
     env = {"ACCELERATE_USE_FSDP": "true", "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP"}

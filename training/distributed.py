@@ -66,10 +66,13 @@ def engine_is_installed(engine: str) -> bool:
     return torch.distributed.is_available()
 
 
-def check_launch(training_config: dict | None, env=None) -> None:
+def check_launch(training_config: dict | None, env=None, forward_per_task: bool = False) -> None:
     """Refuse, before anything is built, a launch that cannot train what its configs say."""
     env = os.environ if env is None else env
     training_config = training_config or {}
+    if forward_per_task and launched_world_size(env) > 1:  # DDP, FSDP and DeepSpeed expect one forward per backward
+        raise ValueError(f"forward_per_task runs two forwards per step, which {launched_world_size(env)} processes "
+                         "cannot share: set forward_per_task=false or launch one process")
     engine = requested_engine(env)
     if engine is not None and not engine_is_installed(engine):
         package = {"deepspeed": "deepspeed", "fsdp": "torch with torch.distributed",

@@ -58,9 +58,8 @@ class MMARTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.eval_data_collator = eval_data_collator
         self.pretrained_learning_rate = pretrained_learning_rate
-        if forward_per_task and self.accelerator.num_processes > 1:
-            # DDP, FSDP and DeepSpeed expect one forward per backward on every process.
-            raise ValueError("forward_per_task runs several forwards per step: use it with one process")
+        if forward_per_task and self.accelerator.num_processes > 1:  # check_launch says so before anything runs
+            raise ValueError("forward_per_task runs two forwards per step: use it with one process")
         self.forward_per_task = forward_per_task
         self._loss_sums = {"train": defaultdict(float), "eval": defaultdict(float)}
         self._loss_counts = {"train": defaultdict(float), "eval": defaultdict(float)}
@@ -461,7 +460,8 @@ def record_engine_and_memory(trainer) -> None:
 
 def train(config: dict, output_dir: str | None = None, resume_from_checkpoint: str | bool | None = None) -> TrainingRun:
     """Build a run from `config`, train it, save model / processor / scheduler / loss.png into the output dir."""
-    check_launch(config.get("training"))  # engine installed, world size divides a split batch: before anything runs
+    # engine installed, world size divides a split batch, one process for forward_per_task: before anything runs
+    check_launch(config.get("training"), forward_per_task=bool(config.get("forward_per_task", False)))
     run = build_run(config, output_dir)
     if resume_from_checkpoint is None:
         resume_from_checkpoint = (config.get("training") or {}).get("resume_from_checkpoint")
