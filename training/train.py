@@ -23,10 +23,11 @@ import torch
 from transformers import Trainer, TrainingArguments, set_seed
 
 from .callbacks import MaskStageCallback, TimeBudgetCallback
+from .checkpoints import check_complete_checkpoint, newest_complete_checkpoint
 from .collator import MMARDataCollator
 from .data import DIGIT_DATASETS, digits_corpus, load_digit_dataset, load_image_text_dataset
 from .distributed import (check_launch, check_loss_composition, check_resume, choose_fsdp_units, every_parameter_gets_a_gradient,
-                          engine_in_use, global_batch_loss, is_engine_checkpoint, loss_part_counts, peak_memory_mib,
+                          engine_in_use, global_batch_loss, loss_part_counts, peak_memory_mib,
                           save_gathered_model, sharded_parameter_count, use_fsdp_on_cpu_processes)
 from .image_token_cache import add_image_tokens
 from .learning_rates import train_pretrained_weights_at
@@ -402,43 +403,6 @@ def save_trained(run: TrainingRun, output_dir: str | Path) -> None:
         json.dump(history, f, indent=1)
     if any("loss" in entry for entry in history):
         plot_loss(history, os.path.join(output_dir, "loss.png"))
-
-
-def _is_complete_checkpoint(folder: Path) -> bool:
-    # Trainer writes trainer_state.json after the weights, optimizer and RNG states: a checkpoint without it was
-    # interrupted while saving.
-    has_weights = any((folder / name).exists() for name in ("model.safetensors", "model.safetensors.index.json",
-                                                             "adapter_model.safetensors")) or is_engine_checkpoint(folder)
-    return has_weights and (folder / "trainer_state.json").is_file()
-
-
-def _checkpoints(output_dir) -> list[Path]:
-    folders = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()]
-    return sorted(folders, key=lambda p: int(p.name[11:]), reverse=True)
-
-
-def newest_complete_checkpoint(output_dir) -> str:
-    """The newest `checkpoint-N` of `output_dir` that was saved completely; incomplete newer ones are named."""
-    checkpoints = _checkpoints(output_dir)
-    complete = [p for p in checkpoints if _is_complete_checkpoint(p)]
-    if not complete:
-        found = ", ".join(p.name for p in checkpoints) or "none"
-        raise ValueError(f"resume_from_checkpoint=true but {output_dir} holds no complete checkpoint "
-                         f"(checkpoint folders: {found})")
-    skipped = [p.name for p in checkpoints if int(p.name[11:]) > int(complete[0].name[11:])]
-    if skipped:
-        print(f"Skipping incomplete {', '.join(skipped)} (no trainer_state.json or weights: interrupted while "
-              "saving)")
-    return str(complete[0])
-
-
-def check_complete_checkpoint(folder) -> None:
-    path = Path(folder)
-    if not path.is_dir():
-        raise ValueError(f"resume_from_checkpoint={str(folder)!r} is not a folder")
-    if not _is_complete_checkpoint(path):
-        raise ValueError(f"resume_from_checkpoint={str(folder)!r} is incomplete (no trainer_state.json or weights); "
-                         "pass training.resume_from_checkpoint=true to resume from the newest complete one")
 
 
 def record_engine_and_memory(trainer) -> None:
