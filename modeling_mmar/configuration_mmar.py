@@ -107,6 +107,12 @@ class MMARConfig(PreTrainedConfig):
         freeze_text_model (`bool`, *optional*, defaults to `False`):
             Freeze every original LLM weight (layers, norms, embeddings, `lm_head`): with an image expert, text-only
             inputs then give the original LLM's hidden states exactly, before and after training.
+        boi_condition (`bool`, *optional*, defaults to `False`):
+            Also condition the diffusion head on each image's `<boi>` state: the LLM's last hidden state at the
+            `<boi>` before the image (a text position: it has read the prompt, not the image) goes through the
+            head's zero-initialised `boi_proj` (H -> H) and is added to every image token's own state. Not in the
+            paper (whose head reads the token's own state only): a direct path from the caption to the head for
+            short runs on a frozen text model, where the image positions learn to read the caption late or never.
     """
 
     model_type = "mmar"
@@ -137,6 +143,7 @@ class MMARConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
     image_expert: str | None = None
     freeze_text_model: bool = False
+    boi_condition: bool = False
 
     @classmethod
     def from_dict(cls, config_dict, **kwargs):

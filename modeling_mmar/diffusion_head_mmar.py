@@ -83,9 +83,11 @@ class MMARDiffusionHead(nn.Module):
     value `x_t`, its timestep and the LLM hidden state `condition` at the token's own position.
 
     Tokens are independent rows: any leading shape works as long as the three inputs agree on it.
+    With `boi_condition` (MMARConfig.boi_condition), `add_boi_states` adds each image's `<boi>` state, through the
+    zero-initialised `boi_proj`, to its tokens' conditions before they reach `loss` or `sample`.
     """
 
-    def __init__(self, token_dim: int, condition_dim: int, width: int, depth: int):
+    def __init__(self, token_dim: int, condition_dim: int, width: int, depth: int, boi_condition: bool = False):
         super().__init__()
         # Set by `model.activation_checkpointing_enable()` (or the older `gradient_checkpointing_enable()`) like the
         # LLM's layers: `loss` then checkpoints the head one `diffusion_batch_mul` copy at a time.
@@ -96,11 +98,22 @@ class MMARDiffusionHead(nn.Module):
         self.condition_proj = nn.Linear(condition_dim, width)
         self.blocks = nn.ModuleList(MMARHeadResBlock(width) for _ in range(depth))
         self.final_layer = MMARHeadFinalLayer(width, token_dim)
+        self.boi_proj = nn.Linear(condition_dim, condition_dim) if boi_condition else None
 
     def zero_initialised_linears(self) -> list[nn.Linear]:
         """The adaLN modulations and the output layer start at zero (DiT / MAR): an untrained head predicts 0 and
-        every residual block starts as the identity."""
-        return [*(block.ada_ln[-1] for block in self.blocks), self.final_layer.ada_ln[-1], self.final_layer.linear]
+        every residual block starts as the identity. `boi_proj` starts at zero too: the `<boi>` path adds nothing
+        until it has learnt to."""
+        boi = [self.boi_proj] if self.boi_proj is not None else []
+        return [*(block.ada_ln[-1] for block in self.blocks), self.final_layer.ada_ln[-1], self.final_layer.linear,
+                *boi]
+
+    def add_boi_states(self, conditions: torch.Tensor, boi_states: torch.Tensor) -> torch.Tensor:
+        """The conditions [..., H] of image tokens plus `boi_proj` of their image's `<boi>` state [..., H] (the same
+        leading shape, or broadcastable: [B, 1, H] for every token of B images); unchanged without `boi_proj`."""
+        if self.boi_proj is None:
+            return conditions
+        return conditions + self.boi_proj(boi_states.to(self.boi_proj.weight.dtype)).to(conditions.dtype)
 
     def embed_condition(self, condition: torch.Tensor) -> torch.Tensor:
         """The head's embedding of LLM states [..., H] -> [..., width]. The masked-AR sampler computes it once per

@@ -69,10 +69,17 @@ class ImageSpanRunner:
         self.embed_dtype, self.hidden_size = prefix_embeds.dtype, prefix_embeds.shape[-1]
         self.text_config = cfg.get_text_config()
         self.caches, self.masks = {}, {}  # prefix caches and attention masks by the rows they serve
+        # boi_condition: the head reads each row's `<boi>` state too, the prefix's last (prompts are left-padded).
+        self.head = model.diffusion_head if cfg.boi_condition else None
+        self.boi_states = None
+        if use_cache or self.head is not None:
+            cache = DynamicCache(config=self.text_config) if use_cache else None
+            prefix_states = self.backbone.language_model(inputs_embeds=prefix_embeds, attention_mask=prefix_mask,
+                                                         position_ids=prefix_positions, cache=cache,
+                                                         use_cache=use_cache).last_hidden_state
+            if self.head is not None:
+                self.boi_states = prefix_states[:, -1:]  # [rows, 1, H]
         if use_cache:
-            cache = DynamicCache(config=self.text_config)
-            self.backbone.language_model(inputs_embeds=prefix_embeds, attention_mask=prefix_mask,
-                                         position_ids=prefix_positions, cache=cache, use_cache=True)
             self.caches[rows] = cache
             self.position_ids = self.span_positions
             self.prefix_embeds = None
@@ -121,6 +128,8 @@ class ImageSpanRunner:
         else:
             needed = self.stale[:run_rows] | (sampled.repeat(repeat, 1) if sampled is not None else False)
             hidden = self._partial_span(image_embeds, run_rows, needed)
+        if self.head is not None:
+            hidden = self.head.add_boi_states(hidden, self.boi_states[:run_rows])
         if not with_uncond:
             return hidden, None
         if run_uncond:

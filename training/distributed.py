@@ -263,6 +263,7 @@ def every_parameter_gets_a_gradient(model) -> None:
             dtype = next(head.parameters()).dtype
             condition = logits.new_zeros(1, hidden, dtype=dtype).requires_grad_()
             token = logits.new_zeros(1, head.token_dim, dtype=dtype)
+            condition = head.add_boi_states(condition, condition)  # boi_condition: its projection runs too
             placeholder = 0.0 * module.diffusion_loss(condition, token, generator=torch.Generator().manual_seed(0))
             output["image_loss"] = placeholder
             loss = loss + placeholder
