@@ -281,13 +281,13 @@ class MMARModel(MMARPreTrainedModel):
 
 
 def boi_states(hidden_states: torch.Tensor, image_positions: torch.Tensor, tokens_per_image: int) -> torch.Tensor:
-    """The state just before each image span (its `<boi>`), repeated for each of its tokens: [num_images *
-    tokens_per_image, H] in the order of `hidden_states[image_positions]`."""
+    """The state just before each image span (its `<boi>`): [num_images, 1, H], images in the order of
+    `hidden_states[image_positions]`."""
     rows, columns = image_positions.nonzero(as_tuple=True)  # row-major: the images' order of appearance
     first_rows, first_columns = rows[::tokens_per_image], columns[::tokens_per_image]
     if (first_columns == 0).any():
         raise ValueError("boi_condition reads the <boi> before each image span, but a span starts its sequence")
-    return hidden_states[first_rows, first_columns - 1].repeat_interleave(tokens_per_image, dim=0)
+    return hidden_states[first_rows, first_columns - 1].unsqueeze(1)
 
 
 class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
@@ -447,9 +447,10 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
             # MAR-style: a token's condition is the hidden state at its own position (no shift).
             image_positions = self.model.get_placeholder_mask(input_ids, inputs_embeds)
             image_hidden = hidden_states[image_positions]  # [num_images * tokens_per_image, H], image order
-            if self.config.boi_condition:
+            if self.config.boi_condition:  # projected once per image, added to each of its tokens
                 image_hidden = self.diffusion_head.add_boi_states(
-                    image_hidden, boi_states(hidden_states, image_positions, self.config.tokens_per_image))
+                    image_hidden.view(*image_mask.shape, -1),
+                    boi_states(hidden_states, image_positions, self.config.tokens_per_image)).flatten(0, 1)
             flat_mask = image_mask.reshape(-1)
             targets = outputs.image_tokens.reshape(-1, outputs.image_tokens.shape[-1])
             if generator is None and not self.training:
