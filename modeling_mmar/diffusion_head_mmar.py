@@ -96,6 +96,12 @@ class MMARDiffusionHead(nn.Module):
         self.input_proj = nn.Linear(token_dim, width)
         self.time_embed = MMARTimestepEmbedder(width)
         self.condition_proj = nn.Linear(condition_dim, width)
+        # Per-dimension statistics the LLM states are standardised with before `condition_proj`: identity (0, 1)
+        # unless `set_condition_statistics` fills them. A pretrained LLM's last states carry a few massive constant
+        # dimensions (SmolLM2: one dimension ~48 where the median is ~0.5, 87 % of the energy in 8 of 576), which
+        # would drown the small caption-dependent ones in the projection.
+        self.register_buffer("condition_mean", torch.zeros(condition_dim))
+        self.register_buffer("condition_std", torch.ones(condition_dim))
         self.blocks = nn.ModuleList(MMARHeadResBlock(width) for _ in range(depth))
         self.final_layer = MMARHeadFinalLayer(width, token_dim)
         self.boi_proj = nn.Linear(condition_dim, condition_dim) if boi_condition else None
@@ -118,7 +124,27 @@ class MMARDiffusionHead(nn.Module):
     def embed_condition(self, condition: torch.Tensor) -> torch.Tensor:
         """The head's embedding of LLM states [..., H] -> [..., width]. The masked-AR sampler computes it once per
         step and passes it as `condition_embedding` to each of the head's diffusion steps."""
-        return self.condition_proj(condition.to(self.condition_proj.weight.dtype))
+        dtype = self.condition_proj.weight.dtype
+        condition = (condition.to(dtype) - self.condition_mean.to(dtype)) / self.condition_std.to(dtype)
+        return self.condition_proj(condition)
+
+    @torch.no_grad()
+    def set_condition_statistics(self, conditions: torch.Tensor, min_std: float = 1e-3) -> None:
+        """Standardise each dimension of the head's conditions from now on with the mean and standard deviation of
+        `conditions` [M, H] (LLM states at masked image positions; a data-dependent initialisation, as Glow's ActNorm):
+        every dimension then reaches `condition_proj` at a comparable scale. `min_std` keeps constant dimensions
+        finite."""
+        if conditions.ndim != 2 or conditions.shape[-1] != self.condition_mean.numel():
+            raise ValueError(f"conditions must be [M, {self.condition_mean.numel()}], got {tuple(conditions.shape)}")
+        if conditions.shape[0] < 2:
+            raise ValueError(f"need at least 2 conditions to estimate a standard deviation, got {conditions.shape[0]}")
+        if not math.isfinite(min_std) or min_std <= 0:
+            raise ValueError(f"min_std must be a positive finite number, got {min_std}")
+        conditions = conditions.float()
+        if not torch.isfinite(conditions).all():
+            raise ValueError("conditions hold NaN or inf values")
+        self.condition_mean.copy_(conditions.mean(0))
+        self.condition_std.copy_(conditions.std(0).clamp_min(min_std))
 
     def forward_embedded(self, noisy_tokens, timesteps, condition_embedding):
         """`forward` with a precomputed condition embedding, every input positional (for torch checkpointing)."""

@@ -65,6 +65,9 @@ class MMARPreTrainedModel(MMARSaveLoadMixin, PreTrainedModel):
         if isinstance(module, MMARImageEmbedder):
             init.normal_(module.position_embedding, std=0.02)
             init.normal_(module.mask_embedding, std=0.02)
+        if isinstance(module, MMARDiffusionHead):  # identity standardisation until set_condition_statistics
+            init.zeros_(module.condition_mean)
+            init.ones_(module.condition_std)
         head = getattr(self, "diffusion_head", None)
         if isinstance(module, nn.Linear) and head is not None and any(
                 module is linear for linear in head.zero_initialised_linears()):
@@ -477,6 +480,27 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
             image_tokens=outputs.image_tokens,
         )
 
+    @torch.no_grad()
+    def standardize_head_conditions(self, input_ids: torch.LongTensor, image_mask: torch.BoolTensor,
+                                    attention_mask: torch.Tensor | None = None, **image_inputs) -> int:
+        """Data-dependent initialisation of the diffusion head's input: run the model on a training batch (the
+        collator's output; `labels` are ignored) and standardise each dimension of the head's conditions with the
+        statistics of the states at its masked image positions (`MMARDiffusionHead.set_condition_statistics`). Meant
+        for a pretrained backbone, whose last states have a few massive dimensions. Returns how many states were
+        used."""
+        if image_mask is None or not bool(image_mask.any()):
+            raise ValueError("standardize_head_conditions needs a batch with masked image tokens (generation rows)")
+        image_inputs.pop("labels", None)
+        self.model._inside_owner_forward = True
+        try:
+            hidden_states = self.model(input_ids=input_ids, attention_mask=attention_mask, image_mask=image_mask,
+                                       **image_inputs).last_hidden_state
+        finally:
+            self.model._inside_owner_forward = False
+        image_positions = self.model.get_placeholder_mask(input_ids, None)
+        conditions = hidden_states[image_positions][image_mask.reshape(-1).to(hidden_states.device)]
+        self.diffusion_head.set_condition_statistics(conditions)
+        return conditions.shape[0]
 
 __all__ = [
     "MMARPreTrainedModel",

@@ -14,6 +14,9 @@
                    null = one learning rate for everything
     forward_per_task: true = understanding and generation rows of a batch run as two forwards, each padded to its
                    own longest row (the same loss, less padding: training/task_forwards.py); one process only
+    standardize_head_conditions: true = before training, standardise each dimension of the diffusion head's input
+                   with the statistics of the LLM's states at masked image positions of a batch of training rows (for
+                   a pretrained backbone, whose last states have a few massive dimensions)
     vae_training:  `mmar demo` only: a `mmar train-vae` config (relative to this file) run first when model.vae is unset
 """
 
@@ -62,7 +65,8 @@ EVALUATION_KEYS = {
     "wall_time_target": "seconds the whole run should take (default: the embedded dataset's target)",
 }
 TOP_LEVEL_KEYS = ("seed", "data", "model", "collator", "mask_schedule", "training", "evaluation", "time_budget",
-                  "pretrained_learning_rate", "forward_per_task", "vae_training")
+                  "pretrained_learning_rate", "forward_per_task", "standardize_head_conditions",
+                  "vae_training")
 
 
 class _Loader(yaml.SafeLoader):
@@ -225,8 +229,9 @@ def validate_config(config: dict, source: str = "config") -> None:
     pretrained_lr = config.get("pretrained_learning_rate")
     if pretrained_lr is not None and not _positive_finite(pretrained_lr):
         raise ValueError(f"pretrained_learning_rate must be a positive finite number or null, got {pretrained_lr!r}")
-    if not isinstance(config.get("forward_per_task", False), bool):
-        raise ValueError(f"forward_per_task must be true or false, got {config.get('forward_per_task')!r}")
+    for flag in ("forward_per_task", "standardize_head_conditions"):
+        if not isinstance(config.get(flag, False), bool):
+            raise ValueError(f"{flag} must be true or false, got {config.get(flag)!r}")
     wall_time_target = (config.get("evaluation") or {}).get("wall_time_target")
     if wall_time_target is not None and not _positive_finite(wall_time_target):
         raise ValueError(f"evaluation.wall_time_target must be a positive number of seconds or null, "

@@ -19,6 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import Trainer, TrainingArguments, set_seed
 
@@ -351,6 +352,8 @@ def build_run(config: dict, output_dir: str | None = None) -> TrainingRun:
 
         collator.set_chat_replay(base_chat_answers(model, processor.tokenizer))
         print(f"chat replay: {len(collator.chat_replay)} general questions with the base model's answers")
+    if config.get("standardize_head_conditions"):
+        standardize_head_conditions(model, collator, train_dataset, seed)
     stage_callback = MaskStageCallback(collator)
     # Held-out losses: the final stage's masking, one fixed draw per row (epoch 0, a different seed).
     eval_collator = MMARDataCollator(processor, model_config.tokens_per_image, seed=seed + 1, **{
@@ -379,6 +382,21 @@ def build_run(config: dict, output_dir: str | None = None) -> TrainingRun:
     )
     return TrainingRun(config, tokenizer, model, processor, train_dataset, eval_dataset, collator, trainer,
                        time_budget)
+
+
+HEAD_STATISTICS_ROWS = 64  # training rows whose masked image positions set the head's condition statistics
+
+
+def standardize_head_conditions(model, collator, train_dataset, seed: int) -> None:
+    """`model.standardize_head_conditions` on a batch of HEAD_STATISTICS_ROWS random training rows as the collator
+    makes them (the collator's draws depend on the row, not on the call: training sees the same rows unchanged)."""
+    rows = np.random.default_rng(seed).choice(len(train_dataset), size=min(HEAD_STATISTICS_ROWS, len(train_dataset)),
+                                              replace=False)
+    batch = collator([train_dataset[int(i)] for i in rows])
+    count = _mmar_model(model).standardize_head_conditions(**batch)
+    std = _mmar_model(model).diffusion_head.condition_std
+    print(f"diffusion head: conditions standardised per dimension on {count} masked image states (standard "
+          f"deviations {float(std.min()):.3g} to {float(std.max()):.3g})")
 
 
 def save_trained(run: TrainingRun, output_dir: str | Path) -> None:
