@@ -297,4 +297,14 @@ def compiled_head(head: MMARDiffusionHead, mode: str):
     return padded
 
 
+def boi_states(hidden_states: torch.Tensor, image_positions: torch.Tensor, tokens_per_image: int) -> torch.Tensor:
+    """The state just before each image span (its `<boi>`): [num_images, 1, H], images in the order of
+    `hidden_states[image_positions]`."""
+    rows, columns = image_positions.nonzero(as_tuple=True)  # row-major: the images' order of appearance
+    first_rows, first_columns = rows[::tokens_per_image], columns[::tokens_per_image]
+    if (first_columns == 0).any():
+        raise ValueError("boi_condition reads the <boi> before each image span, but a span starts its sequence")
+    return hidden_states[first_rows, first_columns - 1].unsqueeze(1)
+
+
 __all__ = ["MMARDiffusionHead"]

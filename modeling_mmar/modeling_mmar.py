@@ -13,7 +13,7 @@ from transformers.utils import TransformersKwargs, can_return_tuple, logging
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_mmar import MMARConfig
-from .diffusion_head_mmar import MMARDiffusionHead, per_image_diffusion_draws
+from .diffusion_head_mmar import MMARDiffusionHead, boi_states, per_image_diffusion_draws
 from .embedder_mmar import MMARImageEmbedder
 from .generation_mmar import MMARGenerationMixin
 from .image_experts_mmar import IMAGE_POSITIONS_KWARG, add_image_experts, freeze_text_model_of
@@ -283,16 +283,6 @@ class MMARModel(MMARPreTrainedModel):
         )
 
 
-def boi_states(hidden_states: torch.Tensor, image_positions: torch.Tensor, tokens_per_image: int) -> torch.Tensor:
-    """The state just before each image span (its `<boi>`): [num_images, 1, H], images in the order of
-    `hidden_states[image_positions]`."""
-    rows, columns = image_positions.nonzero(as_tuple=True)  # row-major: the images' order of appearance
-    first_rows, first_columns = rows[::tokens_per_image], columns[::tokens_per_image]
-    if (first_columns == 0).any():
-        raise ValueError("boi_condition reads the <boi> before each image span, but a span starts its sequence")
-    return hidden_states[first_rows, first_columns - 1].unsqueeze(1)
-
-
 class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
     """MMAR with the LM head (text) and the diffusion head (images). One forward gives both losses."""
 
@@ -483,11 +473,9 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
     @torch.no_grad()
     def standardize_head_conditions(self, input_ids: torch.LongTensor, image_mask: torch.BoolTensor,
                                     attention_mask: torch.Tensor | None = None, **image_inputs) -> int:
-        """Data-dependent initialisation of the diffusion head's input: run the model on a training batch (the
-        collator's output; `labels` are ignored) and standardise each dimension of the head's conditions with the
-        statistics of the states at its masked image positions (`MMARDiffusionHead.set_condition_statistics`). Meant
-        for a pretrained backbone, whose last states have a few massive dimensions. Returns how many states were
-        used."""
+        """Data-dependent initialisation of the diffusion head's input for a pretrained backbone (whose last states
+        have a few massive dimensions): standardise each dimension with the statistics of the states at the masked
+        image positions of a training batch (the collator's output; `labels` ignored). Returns how many were used."""
         if image_mask is None or not bool(image_mask.any()):
             raise ValueError("standardize_head_conditions needs a batch with masked image tokens (generation rows)")
         image_inputs.pop("labels", None)
@@ -501,6 +489,7 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
         conditions = hidden_states[image_positions][image_mask.reshape(-1).to(hidden_states.device)]
         self.diffusion_head.set_condition_statistics(conditions)
         return conditions.shape[0]
+
 
 __all__ = [
     "MMARPreTrainedModel",
