@@ -398,23 +398,19 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
             batch split over several processes is noised as it is in one (as `mmar train` does).
         """
         shift_labels = kwargs.pop("shift_labels", None)  # targets already aligned with the logits (sequence parallel)
-        self.model._inside_owner_forward = True
-        try:
-            outputs = self.model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                cache=cache,
-                inputs_embeds=inputs_embeds,
-                pixel_values=pixel_values,
-                image_tokens=image_tokens,
-                image_mask=image_mask,
-                mm_encoder_outputs=mm_encoder_outputs,
-                use_cache=use_cache,
-                **kwargs,
-            )
-        finally:
-            self.model._inside_owner_forward = False
+        outputs = self._backbone_forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            pixel_values=pixel_values,
+            image_tokens=image_tokens,
+            image_mask=image_mask,
+            mm_encoder_outputs=mm_encoder_outputs,
+            use_cache=use_cache,
+            **kwargs,
+        )
         hidden_states = outputs.last_hidden_state
         slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, slice_indices, :])
@@ -470,6 +466,14 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
             image_tokens=outputs.image_tokens,
         )
 
+    def _backbone_forward(self, **inputs) -> MMARModelOutputWithPast:
+        """The backbone's forward for a call that computes the diffusion head's part itself (its loss or statistics)."""
+        self.model._inside_owner_forward = True
+        try:
+            return self.model(**inputs)
+        finally:
+            self.model._inside_owner_forward = False
+
     @torch.no_grad()
     def standardize_head_conditions(self, input_ids: torch.LongTensor, image_mask: torch.BoolTensor,
                                     attention_mask: torch.Tensor | None = None, **image_inputs) -> int:
@@ -479,12 +483,8 @@ class MMARForConditionalGeneration(MMARPreTrainedModel, MMARGenerationMixin):
         if image_mask is None or not bool(image_mask.any()):
             raise ValueError("standardize_head_conditions needs a batch with masked image tokens (generation rows)")
         image_inputs.pop("labels", None)
-        self.model._inside_owner_forward = True
-        try:
-            hidden_states = self.model(input_ids=input_ids, attention_mask=attention_mask, image_mask=image_mask,
-                                       **image_inputs).last_hidden_state
-        finally:
-            self.model._inside_owner_forward = False
+        hidden_states = self._backbone_forward(input_ids=input_ids, attention_mask=attention_mask,
+                                               image_mask=image_mask, **image_inputs).last_hidden_state
         image_positions = self.model.get_placeholder_mask(input_ids, None)
         conditions = hidden_states[image_positions][image_mask.reshape(-1).to(hidden_states.device)]
         self.diffusion_head.set_condition_statistics(conditions)

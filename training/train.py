@@ -393,8 +393,9 @@ def standardize_head_conditions(model, collator, train_dataset, seed: int) -> No
     rows = np.random.default_rng(seed).choice(len(train_dataset), size=min(HEAD_STATISTICS_ROWS, len(train_dataset)),
                                               replace=False)
     batch = collator([train_dataset[int(i)] for i in rows])
-    count = _mmar_model(model).standardize_head_conditions(**batch)
-    std = _mmar_model(model).diffusion_head.condition_std
+    mmar = _mmar_model(model)
+    count = mmar.standardize_head_conditions(**batch)
+    std = mmar.diffusion_head.condition_std
     print(f"diffusion head: conditions standardised per dimension on {count} masked image states (standard "
           f"deviations {float(std.min()):.3g} to {float(std.max()):.3g})")
 
